@@ -1,0 +1,1 @@
+"""Blank-infilling data: vocabularies, objectives, seqio tasks."""
