@@ -1,0 +1,371 @@
+"""The GLM network (GLM_SPEC.md section 4) as a Flax linen module.
+
+Pre-LayerNorm transformer with word + position + block-position embeddings, fused QKV
+attention under GLM's blank-infilling mask, tanh GeLU, a final LayerNorm and an output
+layer tied to the word embedding. Parameters carry logical axis names
+('vocab', 'embed', 'qkv', 'heads', 'kv', 'mlp', 'layers', 'positions') and activations carry
+logical sharding constraints, so a rules table alone decides the parallelism.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+# The reference fills masked scores with the fp16 minimum, not -inf: a fully masked row
+# becomes a uniform distribution instead of NaN.
+MASK_FILL = -65504.0
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_REMAT_POLICIES = {
+    "full": None,  # save nothing; recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_nothing": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class GLMConfig:
+  """Sizes and numerics of a GLM network; model presets live in configs/models/*.gin."""
+
+  vocab_size: int = 30592
+  num_layers: int = 12
+  hidden_size: int = 768
+  num_heads: int = 12
+  ffn_size: Optional[int] = None  # None -> 4 * hidden_size
+  max_sequence_length: int = 512  # position tables have max_sequence_length + 1 rows
+  embedding_dropout: float = 0.1
+  attention_dropout: float = 0.1
+  hidden_dropout: float = 0.1
+  layernorm_epsilon: float = 1e-5
+  dtype: str = "float32"  # compute dtype: 'float32' or 'bfloat16'
+  param_dtype: str = "float32"
+  remat_policy: str = "none"  # 'none', 'full', 'dots', 'dots_no_batch', 'save_nothing'
+  scan_layers: bool = True
+  initializer_std: float = 0.02
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(
+          f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; "
+          "pick sizes where it is.")
+    if self.dtype not in _DTYPES or self.param_dtype not in _DTYPES:
+      raise ValueError(
+          f"dtype/param_dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}/"
+          f"{self.param_dtype!r}.")
+    if self.remat_policy != "none" and self.remat_policy not in _REMAT_POLICIES:
+      raise ValueError(
+          f"remat_policy must be 'none' or one of {sorted(_REMAT_POLICIES)}, got "
+          f"{self.remat_policy!r}.")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def mlp_size(self) -> int:
+    return self.ffn_size or 4 * self.hidden_size
+
+  @property
+  def compute_dtype(self):
+    return _DTYPES[self.dtype]
+
+  @property
+  def parameter_dtype(self):
+    return _DTYPES[self.param_dtype]
+
+  def replace(self, **changes) -> "GLMConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "GLMConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+      raise ValueError(f"Unknown GLMConfig fields {sorted(unknown)}; known: {sorted(known)}.")
+    return cls(**values)
+
+
+def _normal(std: float):
+  return nn.initializers.normal(stddev=std)
+
+
+def _param(module: nn.Module, name: str, init, shape, axes, dtype):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def _constrain(x, axes):
+  return nn.with_logical_constraint(x, axes)
+
+
+def gelu_tanh(x):
+  """The reference's GeLU: the tanh approximation ("OpenAI gelu")."""
+  return 0.5 * x * (1.0 + jnp.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with biased variance, computed in float32, logical axis 'embed'."""
+
+  epsilon: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    h = x.shape[-1]
+    scale = _param(self, "scale", nn.initializers.ones, (h,), ("embed",), self.param_dtype)
+    bias = _param(self, "bias", nn.initializers.zeros, (h,), ("embed",), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+    y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+def attention_mask(query_index, key_index, sep=None, segment_ids=None, key_valid=None):
+  """Boolean GLM mask [B, Tq, Tk]: key j visible to query i iff j < sep or j <= i.
+
+  query_index [Tq] / key_index [Tk]: absolute indices. sep: [B] (one sample per row) or
+  [B, Tk] (per key: where that key's segment's Part B begins). segment_ids [B, T] restrict
+  attention to the same segment; key_valid [B, Tk] removes keys (decoding).
+  """
+  mask = key_index[None, None, :] <= query_index[None, :, None]  # [1, Tq, Tk]
+  if sep is not None:
+    if sep.ndim == 1:
+      bidirectional = key_index[None, :] < sep[:, None]  # [B, Tk]
+    else:
+      bidirectional = key_index[None, :] < sep
+    mask = mask | bidirectional[:, None, :]
+  if segment_ids is not None:
+    mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+  if key_valid is not None:
+    mask = mask & key_valid[:, None, :]
+  return mask
+
+
+class SelfAttention(nn.Module):
+  """Fused-QKV multi-head attention with GLM masking and an optional key/value cache."""
+
+  config: GLMConfig
+
+  @nn.compact
+  def __call__(self, x, mask, sep, deterministic: bool, decode: bool):
+    cfg = self.config
+    dtype, pdtype = cfg.compute_dtype, cfg.parameter_dtype
+    h, heads, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    out_std = cfg.initializer_std / math.sqrt(2.0 * cfg.num_layers)
+
+    qkv_kernel = _param(self, "qkv_kernel", _normal(cfg.initializer_std), (h, 3, heads, d),
+                        ("embed", "qkv", "heads", "kv"), pdtype)
+    qkv_bias = _param(self, "qkv_bias", nn.initializers.zeros, (3, heads, d),
+                      ("qkv", "heads", "kv"), pdtype)
+    qkv = jnp.einsum("bth,hcnd->btcnd", x, qkv_kernel.astype(dtype)) + qkv_bias.astype(dtype)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [batch, length, heads, head_dim]
+    act = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+    q, k, v = _constrain(q, act), _constrain(k, act), _constrain(v, act)
+
+    if decode:
+      k, v, mask = self._update_cache(k, v, sep, mask)
+
+    # The reference scales the keys: q @ (k / sqrt(d))^T.
+    k = k * jnp.asarray(1.0 / math.sqrt(d), dtype)
+    scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, :, :], scores, MASK_FILL)
+    probs = jax.nn.softmax(scores, axis=-1)  # float32
+    if not deterministic and cfg.attention_dropout > 0:
+      probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
+    out = jnp.einsum("bnqk,bknd->bqnd", probs.astype(dtype), v)
+    out = _constrain(out, act)
+
+    out_kernel = _param(self, "out_kernel", _normal(out_std), (heads, d, h),
+                        ("heads", "kv", "embed"), pdtype)
+    out_bias = _param(self, "out_bias", nn.initializers.zeros, (h,), ("embed",), pdtype)
+    y = jnp.einsum("btnd,ndh->bth", out, out_kernel.astype(dtype)) + out_bias.astype(dtype)
+    return y
+
+  def _update_cache(self, k, v, sep, valid):
+    """Appends k/v [B, T, heads, d] to the cache; returns all cached k/v and the mask.
+
+    valid [B, T] (or None: all) marks the new keys later queries may see; padding is False.
+    """
+    batch, length = k.shape[0], k.shape[1]
+    initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    key_valid = self.variable("cache", "key_valid", jnp.zeros, (batch, length), jnp.bool_)
+    cache_index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    if not initialized:
+      # Creating the cache (init_cache): its shape is that of the dummy input.
+      index = jnp.arange(length)
+      return k, v, attention_mask(index, index, sep)
+
+    start = cache_index.value
+    max_length = cached_key.value.shape[1]
+    new_valid = jnp.ones((batch, length), jnp.bool_) if valid is None else valid.astype(jnp.bool_)
+    cached_key.value = jax.lax.dynamic_update_slice(
+        cached_key.value, k.astype(cached_key.value.dtype), (0, start, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(
+        cached_value.value, v.astype(cached_value.value.dtype), (0, start, 0, 0))
+    key_valid.value = jax.lax.dynamic_update_slice(key_valid.value, new_valid, (0, start))
+    cache_index.value = start + length
+
+    # Earlier entries are before every new query (j <= i); unwritten ones are not valid.
+    keys = jnp.arange(max_length)
+    queries = start + jnp.arange(length)
+    chunk_sep = None if sep is None else start + sep
+    mask = attention_mask(queries, keys, chunk_sep, key_valid=key_valid.value)
+    return cached_key.value, cached_value.value, mask
+
+
+class MLP(nn.Module):
+  """h -> 4h -> h with tanh GeLU."""
+
+  config: GLMConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    dtype, pdtype = cfg.compute_dtype, cfg.parameter_dtype
+    h, f = cfg.hidden_size, cfg.mlp_size
+    out_std = cfg.initializer_std / math.sqrt(2.0 * cfg.num_layers)
+    wi = _param(self, "wi_kernel", _normal(cfg.initializer_std), (h, f), ("embed", "mlp"), pdtype)
+    bi = _param(self, "wi_bias", nn.initializers.zeros, (f,), ("mlp",), pdtype)
+    wo = _param(self, "wo_kernel", _normal(out_std), (f, h), ("mlp", "embed"), pdtype)
+    bo = _param(self, "wo_bias", nn.initializers.zeros, (h,), ("embed",), pdtype)
+    y = jnp.einsum("bth,hf->btf", x, wi.astype(dtype)) + bi.astype(dtype)
+    y = gelu_tanh(y)
+    y = _constrain(y, ("activation_batch", "activation_length", "activation_mlp"))
+    return jnp.einsum("btf,fh->bth", y, wo.astype(dtype)) + bo.astype(dtype)
+
+
+class TransformerLayer(nn.Module):
+  """One pre-LN layer: x + Drop(Attn(LN1 x)), then h + Drop(MLP(LN2 h))."""
+
+  config: GLMConfig
+
+  @nn.compact
+  def __call__(self, x, mask, sep, deterministic: bool, decode: bool):
+    cfg = self.config
+    ln = functools.partial(LayerNorm, epsilon=cfg.layernorm_epsilon, dtype=cfg.compute_dtype,
+                           param_dtype=cfg.parameter_dtype)
+    drop = nn.Dropout(cfg.hidden_dropout)
+    a = SelfAttention(cfg, name="attention")(ln(name="input_layernorm")(x), mask, sep,
+                                              deterministic, decode)
+    x = x + drop(a, deterministic=deterministic)
+    m = MLP(cfg, name="mlp")(ln(name="post_attention_layernorm")(x))
+    x = x + drop(m, deterministic=deterministic)
+    x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    if cfg.scan_layers:
+      return x, None
+    return x
+
+
+def _layer_class(cfg: GLMConfig):
+  if cfg.remat_policy == "none":
+    return TransformerLayer
+  return nn.remat(TransformerLayer, policy=_REMAT_POLICIES[cfg.remat_policy],
+                  prevent_cse=not cfg.scan_layers, static_argnums=(4, 5))
+
+
+class GLM(nn.Module):
+  """GLM: tokens [B, T], positions [B, 2, T] -> float32 logits [B, T, vocab]."""
+
+  config: GLMConfig
+
+  @nn.compact
+  def __call__(self, tokens, positions, sep=None, mask=None, segment_ids=None,
+               deterministic: bool = True, decode: bool = False):
+    cfg = self.config
+    dtype, pdtype = cfg.compute_dtype, cfg.parameter_dtype
+    if mask is not None and (sep is not None or segment_ids is not None):
+      raise ValueError("Pass either an explicit mask or sep/segment_ids, not both.")
+    if decode and mask is not None:
+      raise ValueError("decode=True supports only the sep form, not an explicit mask.")
+
+    embedding = _param(self, "word_embeddings", _normal(cfg.initializer_std),
+                       (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pdtype)
+    pos_table = _param(self, "position_embeddings", _normal(cfg.initializer_std),
+                       (cfg.max_sequence_length + 1, cfg.hidden_size), ("positions", "embed"),
+                       pdtype)
+    block_table = _param(self, "block_position_embeddings", _normal(cfg.initializer_std),
+                         (cfg.max_sequence_length + 1, cfg.hidden_size), ("positions", "embed"),
+                         pdtype)
+    x = (jnp.take(embedding, tokens, axis=0) + jnp.take(pos_table, positions[:, 0], axis=0)
+         + jnp.take(block_table, positions[:, 1], axis=0)).astype(dtype)  # [batch, length, embed]
+    x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    x = nn.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
+
+    length = tokens.shape[1]
+    if decode:
+      # The layers read `mask` as the validity [B, T] of the new keys (segment_ids != 0).
+      mask = None if segment_ids is None else segment_ids != 0
+    elif mask is None:
+      index = jnp.arange(length)
+      if sep is None:
+        sep = jnp.full((tokens.shape[0],), length, jnp.int32)  # fully bidirectional
+      mask = attention_mask(index, index, sep, segment_ids)  # [batch, length, length]
+    else:
+      mask = mask.astype(jnp.bool_)
+
+    layer_cls = _layer_class(cfg)
+    if cfg.scan_layers:
+      stack = nn.scan(
+          layer_cls,
+          variable_axes={"params": 0, "cache": 0},
+          split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+          length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
+      )(cfg, name="layers")
+      x, _ = stack(x, mask, sep, deterministic, decode)
+    else:
+      for i in range(cfg.num_layers):
+        x = layer_cls(cfg, name=f"layers_{i}")(x, mask, sep, deterministic, decode)
+
+    x = LayerNorm(cfg.layernorm_epsilon, dtype, pdtype, name="final_layernorm")(x)
+    # Tied output layer, no bias; float32 logits whatever the compute dtype.
+    logits = jnp.einsum("bth,vh->btv", x, embedding.astype(dtype),
+                        preferred_element_type=jnp.float32)
+    return _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+def init_params(config: GLMConfig, rng: jax.Array, batch_size: int = 1, length: int = 8):
+  """Fresh parameters (boxed with logical axis metadata stripped)."""
+  tokens = jnp.zeros((batch_size, length), jnp.int32)
+  positions = jnp.zeros((batch_size, 2, length), jnp.int32)
+  variables = GLM(config).init(rng, tokens, positions)
+  return nn.meta.unbox(variables["params"])
+
+
+def abstract_params(config: GLMConfig):
+  """ShapeDtypeStructs of the parameters, still boxed with their logical axis names."""
+  tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+  positions = jax.ShapeDtypeStruct((1, 2, 8), jnp.int32)
+  return jax.eval_shape(
+      lambda t, p: GLM(config).init(jax.random.PRNGKey(0), t, p)["params"], tokens, positions)
+
+
+def init_cache(config: GLMConfig, batch_size: int, max_length: int):
+  """An empty key/value cache for `max_length` tokens of `batch_size` rows."""
+  tokens = jnp.zeros((batch_size, max_length), jnp.int32)
+  positions = jnp.zeros((batch_size, 2, max_length), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda: GLM(config).init(jax.random.PRNGKey(0), tokens, positions, decode=True)["cache"])
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def count_params(params) -> int:
+  return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
