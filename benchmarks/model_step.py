@@ -1,0 +1,111 @@
+"""Forward+backward tokens/s and MFU of the GLM network, each step normalised by a matmul probe.
+
+  python benchmarks/model_step.py [--models=glm_tiny,glm_base] [--seq_len=512] [--batch=4]
+
+MFU = (6 N + 12 L T h) x tokens / step time / probe FLOP/s, where the probe is a 2048 x 2048
+float32 matmul timed right before each step (this machine's speed drifts by +-20%, so each
+step is compared with the peak measured next to it). N = parameters outside the word,
+position and block-position tables plus vocab x hidden (glm_jax.flops.matmul_params).
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags  # pylint: disable=g-multiple-import
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from glm_jax import flops, losses  # pylint: disable=g-import-not-at-top,g-multiple-import
+from glm_jax.model import GLM, GLMConfig, init_params  # pylint: disable=g-import-not-at-top
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["glm_tiny", "glm_base"], "Model presets in configs/models.")
+flags.DEFINE_integer("seq_len", 512, "Sequence length.")
+flags.DEFINE_integer("batch", 4, "Batch size.")
+flags.DEFINE_integer("steps", 6, "Timed steps per model.")
+flags.DEFINE_string("dtype", "float32", "Compute dtype.")
+flags.DEFINE_string("output", None, "Optional JSON file for the results.")
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "models")
+# The reference's small measured shape (REFERENCE_PERF.md), not a preset.
+SHAPES = {"4l_256": dict(vocab_size=16000, num_layers=4, hidden_size=256, num_heads=4,
+                         max_sequence_length=512)}
+
+
+def load_config(name: str) -> GLMConfig:
+  if name in SHAPES:
+    cfg = GLMConfig(**SHAPES[name])
+  else:
+    gin.clear_config()
+    gin.parse_config_file(os.path.join(CONFIGS, f"{name}.gin"))
+    cfg = GLMConfig()
+    gin.clear_config()
+  return cfg.replace(dtype=FLAGS.dtype, embedding_dropout=0.1, attention_dropout=0.1,
+                     hidden_dropout=0.1)
+
+
+def make_batch(cfg: GLMConfig, batch: int, seq: int):
+  rng = np.random.RandomState(0)
+  sep = int(0.8 * seq)
+  tokens = rng.randint(0, cfg.vocab_size, (batch, seq)).astype(np.int32)
+  pos = np.tile(np.arange(seq), (batch, 1))
+  block = np.where(np.arange(seq) < sep, 0, np.arange(seq) - sep + 1)
+  positions = np.stack([np.minimum(pos, sep - 1), np.tile(block, (batch, 1))], 1)
+  weights = (np.arange(seq) >= sep).astype(np.float32)[None].repeat(batch, 0)
+  return dict(tokens=tokens, positions=positions.astype(np.int32),
+              sep=np.full((batch,), sep, np.int32), targets=tokens,
+              loss_weights=weights)
+
+
+def bench(name: str):
+  cfg = load_config(name)
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  batch = jax.device_put(make_batch(cfg, FLAGS.batch, FLAGS.seq_len))
+  model = GLM(cfg)
+
+  def loss_fn(p, b, rng):
+    logits = model.apply({"params": p}, b["tokens"], b["positions"], sep=b["sep"],
+                         deterministic=False, rngs={"dropout": rng})
+    loss_sum, weight_sum, _ = losses.weighted_cross_entropy(logits, b["targets"],
+                                                            b["loss_weights"])
+    return loss_sum / weight_sum
+
+  step = jax.jit(jax.value_and_grad(loss_fn))
+  rng = jax.random.PRNGKey(1)
+  jax.block_until_ready(step(params, batch, rng))  # compile
+  tokens = FLAGS.batch * FLAGS.seq_len
+  step_flops = flops.train_flops_per_token(cfg, FLAGS.seq_len) * tokens
+  mfus, tps, probes = [], [], []
+  for i in range(FLAGS.steps):
+    probe = flops.measure_matmul_peak(repeats=3)
+    start = time.perf_counter()
+    jax.block_until_ready(step(params, batch, jax.random.fold_in(rng, i)))
+    seconds = time.perf_counter() - start
+    probes.append(probe)
+    tps.append(tokens / seconds)
+    mfus.append(step_flops / seconds / probe)
+  return dict(model=name, seq_len=FLAGS.seq_len, batch=FLAGS.batch, dtype=FLAGS.dtype,
+              matmul_params=flops.matmul_params(cfg),
+              tokens_per_second_median=statistics.median(tps),
+              probe_gflops_median=statistics.median(probes) / 1e9,
+              mfu_median=statistics.median(mfus), mfu_max=max(mfus))
+
+
+def main(argv):
+  del argv
+  results = [bench(name) for name in FLAGS.models]
+  for r in results:
+    print(json.dumps(r))
+  if FLAGS.output:
+    with open(FLAGS.output, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
