@@ -1,0 +1,191 @@
+"""TrainState, the sharded train step (gradient accumulation, NaN handling) and the eval step."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict
+
+import flax
+import gin
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+import optax
+
+from glm_jax import partitioning
+from glm_jax.models import BaseModel
+
+NAN_ACTIONS = ("skip", "stop")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a checkpoint saves exactly this pytree."""
+
+  step: jax.Array  # int32 scalar: number of train steps taken
+  params: Any
+  opt_state: Any
+
+
+def _zeros_like_tree(tree):
+  return jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+  return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
+
+
+@gin.configurable
+class Trainer:
+  """Builds jitted, sharded init / train / eval functions for one model on one mesh.
+
+  The loss of a step is sum(per-token loss) / sum(weights) over the whole global batch, also
+  when the batch is split into `num_microbatches` accumulated with lax.scan. Dropout keys are
+  fold_in(PRNGKey(seed), step) (then the microbatch index), so a resumed run repeats them.
+  `nan_action`: a step with a non-finite loss or gradient never changes the state; 'skip'
+  carries on, 'stop' makes the training loop raise at its next check (no new checkpoint).
+  """
+
+  def __init__(self, model: BaseModel, partitioner: partitioning.Partitioner,
+               optimizer: optax.GradientTransformation, learning_rate_fn: Callable,
+               seed: int = 0, num_microbatches: int = 1, nan_action: str = "skip"):
+    if nan_action not in NAN_ACTIONS:
+      raise ValueError(f"nan_action must be one of {NAN_ACTIONS}, got {nan_action!r}.")
+    if num_microbatches < 1:
+      raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}.")
+    self.model = model
+    self.partitioner = partitioner
+    self.optimizer = optimizer
+    self.learning_rate_fn = learning_rate_fn
+    self.seed = seed
+    self.num_microbatches = num_microbatches
+    self.nan_action = nan_action
+
+    boxed = model.abstract_params()
+    self.param_shardings = partitioner.param_shardings(boxed)
+    abstract_params = flax.linen.meta.unbox(boxed)
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    replicated = partitioner.replicated()
+    opt_shardings = optax.tree_map_params(
+        optimizer, lambda _, sharding: sharding, abstract_opt, self.param_shardings,
+        transform_non_params=lambda _: replicated)
+    self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
+                                      opt_state=opt_shardings)
+    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                          opt_state=abstract_opt)
+    self.abstract_state = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract,
+        self.state_shardings)
+    batch_sharding = partitioner.batch_sharding()
+
+    self._init = jax.jit(self._init_fn, out_shardings=self.state_shardings)
+    self._from_params = jax.jit(self._from_params_fn, in_shardings=(self.param_shardings,),
+                                out_shardings=self.state_shardings)
+    self._train_step = jax.jit(self._train_step_fn,
+                               in_shardings=(self.state_shardings, batch_sharding),
+                               out_shardings=(self.state_shardings, replicated),
+                               donate_argnums=(0,))
+    self._eval_step = jax.jit(self._eval_step_fn,
+                              in_shardings=(self.param_shardings, batch_sharding),
+                              out_shardings=replicated)
+
+  # Everything traced runs under the mesh and the logical-axis rules.
+  def _traced(self, fn, *args):
+    with jax.set_mesh(self.partitioner.mesh), self.partitioner.axis_rules():
+      return fn(*args)
+
+  def init_state(self, rng) -> TrainState:
+    """Fresh parameters and optimizer state, created directly in their shardings."""
+    return self._traced(self._init, rng)
+
+  def state_from_params(self, params) -> TrainState:
+    """A step-0 state around given parameters (fine-tuning, converted weights)."""
+    return self._traced(self._from_params, params)
+
+  def train_step(self, state: TrainState, batch) -> tuple:
+    """One optimizer step on a global batch; returns (new_state, metrics). Donates `state`."""
+    return self._traced(self._train_step, state, batch)
+
+  def eval_step(self, params, batch) -> Dict[str, tuple]:
+    """{name: (numerator, denominator)} of one global evaluation batch."""
+    return self._traced(self._eval_step, params, batch)
+
+  def _init_fn(self, rng):
+    params = self.model.init_params(rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.optimizer.init(params))
+
+  def _from_params_fn(self, params):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.optimizer.init(params))
+
+  def _microbatches(self, batch):
+    """[B, ...] -> [M, B/M, ...]; microbatch m takes rows m, m+M, ... (local to each shard)."""
+    m = self.num_microbatches
+    sharding = NamedSharding(self.partitioner.mesh,
+                             PartitionSpec(None, partitioning.BATCH_AXES))
+
+    def split(x):
+      rows = x.shape[0]
+      if rows % m:
+        raise ValueError(f"Batch of {rows} rows is not divisible by {m} microbatches.")
+      y = x.reshape((rows // m, m) + x.shape[1:]).swapaxes(0, 1)
+      return jax.lax.with_sharding_constraint(y, sharding)
+
+    return jax.tree_util.tree_map(split, batch)
+
+  def _gradients(self, params, batch, rng):
+    """(sum of gradients of loss_sum, loss_sum, aux summed over microbatches)."""
+    loss_fn = functools.partial(self.model.loss_fn, deterministic=False)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if self.num_microbatches == 1:
+      (loss_sum, aux), grads = grad_fn(params, batch, rng)
+      return grads, loss_sum, aux
+
+    micro = self._microbatches(batch)
+    first = jax.tree_util.tree_map(lambda x: x[0], micro)
+    (loss_shape, aux_shape), grad_shape = jax.eval_shape(grad_fn, params, first, rng)
+    init = (_zeros_like_tree(grad_shape), _zeros_like_tree(loss_shape),
+            _zeros_like_tree(aux_shape))
+
+    def body(carry, inputs):
+      index, microbatch = inputs
+      (loss_sum, aux), grads = grad_fn(params, microbatch, jax.random.fold_in(rng, index))
+      carry = jax.tree_util.tree_map(jnp.add, carry, (grads, loss_sum, aux))
+      return carry, None
+
+    (grads, loss_sum, aux), _ = jax.lax.scan(
+        body, init, (jnp.arange(self.num_microbatches), micro))
+    return grads, loss_sum, aux
+
+  def _train_step_fn(self, state: TrainState, batch):
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), state.step)
+    grads, loss_sum, aux = self._gradients(state.params, batch, rng)
+    weight_sum = aux["weight_sum"]
+    denominator = jnp.where(weight_sum > 0, weight_sum, 1.0)
+    grads = jax.tree_util.tree_map(lambda g: g / denominator.astype(g.dtype), grads)
+    loss = loss_sum / denominator
+
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    keep = lambda new, old: jnp.where(finite, new, old)  # pylint: disable=unnecessary-lambda-assignment
+    params = jax.tree_util.tree_map(keep, params, state.params)
+    opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": self.learning_rate_fn(state.step),
+        "weight_sum": weight_sum,
+        "nonfinite": jnp.logical_not(finite),
+    }
+    for name, (num, den) in aux["metrics"].items():
+      if name != "loss":
+        metrics[name] = num / jnp.where(den > 0, den, 1.0)
+    return new_state, metrics
+
+  def _eval_step_fn(self, params, batch):
+    return self.model.eval_fn(params, batch)
