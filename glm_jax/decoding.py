@@ -43,6 +43,7 @@ class DecodeConfig:
   length_penalty: float = 1.0  # 'beam': score = sum log p / length ** length_penalty
   no_repeat_ngram_size: int = 0  # 0 = off
   stop_at_eos: bool = True  # eos ends a blank like eop (the reference's end tokens)
+  max_steps: int = 0  # cap on decode steps over all blanks; 0 = none (benchmarks use it)
 
   def __post_init__(self):
     if self.strategy not in STRATEGIES:
@@ -57,6 +58,8 @@ class DecodeConfig:
       raise ValueError("top_k must be >= 0 and top_p in [0, 1].")
     if self.num_beams < 1:
       raise ValueError(f"num_beams must be >= 1, got {self.num_beams}.")
+    if self.max_steps < 0:
+      raise ValueError(f"max_steps must be >= 0, got {self.max_steps}.")
 
   def replace(self, **changes) -> "DecodeConfig":
     return dataclasses.replace(self, **changes)
@@ -256,10 +259,15 @@ def _advance(st, chosen, num_blanks, ends, special):
 # ------------------------------------------------------------------- greedy / sampling
 
 
+def _step_limit(max_out: int, dc: DecodeConfig) -> int:
+  return min(max_out, dc.max_steps) if dc.max_steps else max_out
+
+
 def _decode_simple(params, context, context_length, mask_positions, num_blanks, rng, *,
                    config, special, dc: DecodeConfig, use_cache: bool, return_logits: bool):
   rows = context.shape[0]
   max_out = mask_positions.shape[1] * (dc.max_new_tokens + 1)
+  limit = _step_limit(max_out, dc)
   init_fn, step_fn = _network(use_cache)
   ends = _end_tokens(special, dc)
   net = init_fn(params, config, context, context_length, max_out)
@@ -270,7 +278,7 @@ def _decode_simple(params, context, context_length, mask_positions, num_blanks, 
 
   def cond(carry):
     step, st = carry[0], carry[1]
-    return (step < max_out) & ~jnp.all(st["done"])
+    return (step < limit) & ~jnp.all(st["done"])
 
   def body(carry):
     step, st, net, score, record = carry
@@ -310,6 +318,7 @@ def _decode_beam(params, context, context_length, mask_positions, num_blanks, rn
   rows = batch * k
   vocab = config.vocab_size
   max_out = mask_positions.shape[1] * (dc.max_new_tokens + 1)
+  limit = _step_limit(max_out, dc)
   init_fn, step_fn = _network(use_cache)
   ends = _end_tokens(special, dc)
   net = init_fn(params, config, context, context_length, max_out)
@@ -331,7 +340,7 @@ def _decode_beam(params, context, context_length, mask_positions, num_blanks, rn
     if dc.length_penalty < 0:
       best_alive = jnp.max(alive, -1)
     settled = jnp.all(fin_score > NEG / 2, -1) & (best_alive < jnp.min(fin_score, -1))
-    return (step < max_out) & ~jnp.all(settled)
+    return (step < limit) & ~jnp.all(settled)
 
   def body(carry):
     step, st, net, alive, fin_out, fin_len, fin_score = carry
