@@ -1,0 +1,557 @@
+"""GLM blank-infilling objectives as TensorFlow ops (GLM_SPEC.md sections 1-2).
+
+Each objective takes ONE raw sample `[CLS] doc eos [CLS] doc2 eos ...` (int32 [L]), a
+stateless seed (int [2]) and a `SpecialTokens`, and returns the layout of section 1:
+
+  tokens        [N] int32    Part A ++ Part B
+  positions     [2, N] int32 row 0 positions, row 1 block positions
+  sep           [] int32     len(Part A)
+  targets       [N] int32    Part A tokens (weight 0), then span tokens shifted left ++ eop
+  loss_weights  [N] float32  1 on Part B targets, 0 on Part A
+  num_spans     [] int32     spans (blanks) in the example
+  num_masked    [] int32     original tokens moved to Part B (sum of span lengths)
+  suffix_layout [] int32     1 for the document-level prefix-LM layout (no eop), else 0
+  redraws       [] int32     token level: span draws thrown away because they did not fit
+  unplaced      [] int32     token level: spans still unplaced after the last redraw (dropped)
+  spans_capped  [] int32     1 if `max_spans` stopped the span draw early
+
+All functions are graph-mode pure functions (usable inside `tf.data.Dataset.map`): the
+same (sample, seed) always gives the same example.
+
+Output length. Token and sentence infilling give N = L + 2 * num_spans; document
+infilling gives N = L + 1. With a fixed model length T the pipeline picks the raw sample
+length `raw_length_for(T)` and caps spans at `default_max_spans(L)` = ceil(L * 0.15 / 2)
+(L = 444 and at most 34 spans for T = 512; the reference at L = 512 never drew more than
+33 token spans or 7 sentences). `blank_infilling` additionally caps spans at
+(T - L) // 2, so an example never exceeds T and Part B is never truncated; a capped draw
+is counted in `spans_capped`.
+
+Seqio preprocessors (signatures for the pipeline):
+
+  blank_infilling(dataset, sequence_length=None, output_features=None, *, seeds,
+                  objective_probs=(1., 0., 0.), special_tokens, ...)
+      `seqio.map_over_dataset(num_seeds=2)`: seeds come from seqio's map seed manager.
+  blank_infilling_by_index(dataset, sequence_length=None, output_features=None, *, seed,
+                           index_feature='index', objective_probs, special_tokens, ...)
+      example k's randomness is a pure function of (seed, k): its seed is
+      `tf.random.experimental.stateless_fold_in(seed, dataset[index_feature])`, so a
+      resumed pipeline regenerates example k without replaying the stream.
+
+Both read feature 'targets' (the raw sample), REPLACE it by the layout targets and add
+tokens, positions, sep, loss_weights, the counters above and `objective`
+(0 token, 1 sentence, 2 document). Unlike the reference, which picks one objective per
+micro-batch, the objective is drawn per EXAMPLE with `objective_probs`; over a batch the
+mix is the same in expectation, and rows of one batch may mix objectives.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from glm_jax.data.special_tokens import SpecialTokens
+
+OBJECTIVES = ("token", "sentence", "document")
+_MAX_REDRAWS = 3
+
+Seed = Union[tf.Tensor, Sequence[int]]
+
+
+def default_max_spans(raw_length: int, mask_ratio: float = 0.15) -> int:
+  """Span cap for a raw sample of `raw_length` tokens: ceil(raw_length * mask_ratio / 2)."""
+  return int(math.ceil(raw_length * mask_ratio / 2))
+
+
+def max_output_length(raw_length: int, objective: str, max_spans: Optional[int] = None,
+                      mask_ratio: float = 0.15) -> int:
+  """Longest example an objective can build from `raw_length` tokens."""
+  if objective not in OBJECTIVES:
+    raise ValueError(f"Unknown objective {objective!r}; use one of {OBJECTIVES}.")
+  if objective == "document":
+    return raw_length + 1
+  if max_spans is None:
+    max_spans = default_max_spans(raw_length, mask_ratio)
+  return raw_length + 2 * max_spans
+
+
+def raw_length_for(sequence_length: int, objectives: Sequence[str] = OBJECTIVES,
+                   mask_ratio: float = 0.15) -> int:
+  """Largest raw sample length whose examples (default span cap) fit `sequence_length`."""
+  for raw in range(sequence_length, 0, -1):
+    if all(max_output_length(raw, o, mask_ratio=mask_ratio) <= sequence_length
+           for o in objectives):
+      return raw
+  raise ValueError(f"sequence_length {sequence_length} is too short for any sample.")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _split(seed: Seed, n: int):
+  seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+  return tf.unstack(tf.random.experimental.stateless_split(seed, n))
+
+
+def _uniform(shape, seed) -> tf.Tensor:
+  return tf.random.stateless_uniform(shape, seed, dtype=tf.float32)
+
+
+def _randint(u: tf.Tensor, high: tf.Tensor) -> tf.Tensor:
+  """Uniform integers in [0, high] from uniforms `u` in [0, 1)."""
+  high = tf.maximum(high, 0)
+  return tf.minimum(tf.cast(u * tf.cast(high + 1, tf.float32), tf.int32), high)
+
+
+def _ratio_count(ratio: float, length: tf.Tensor) -> tf.Tensor:
+  """int(ratio * length) as Python computes it (float64)."""
+  return tf.cast(tf.floor(ratio * tf.cast(length, tf.float64)), tf.int32)
+
+
+def _boundaries(tokens: tf.Tensor, special: SpecialTokens):
+  """(is_eos, is_doc_cls) [L] bool: eos tokens and the [CLS] that opens each document."""
+  is_eos = tf.equal(tokens, special.eos)
+  after_eos = tf.concat([[True], is_eos[:-1]], 0)
+  is_doc_cls = tf.logical_and(tf.equal(tokens, special.cls), after_eos)
+  return is_eos, is_doc_cls
+
+
+def _resolve_max_spans(max_spans, length, mask_ratio):
+  if max_spans is None:
+    return tf.cast(tf.math.ceil(tf.cast(length, tf.float64) * (mask_ratio / 2)), tf.int32)
+  return tf.cast(max_spans, tf.int32)
+
+
+def _counters(num_spans, num_masked, suffix=0, redraws=0, unplaced=0, capped=0):
+  as_i32 = lambda x: tf.cast(x, tf.int32)
+  return {"num_spans": as_i32(num_spans), "num_masked": as_i32(num_masked),
+          "suffix_layout": as_i32(suffix), "redraws": as_i32(redraws),
+          "unplaced": as_i32(unplaced), "spans_capped": as_i32(capped)}
+
+
+def _span_layout(tokens: tf.Tensor, starts: tf.Tensor, ends: tf.Tensor, mask_id: int,
+                 special: SpecialTokens, seed, shuffle_spans: bool = True,
+                 block_mask_prob: float = 0.0) -> dict:
+  """Part A ++ Part B of section 1 for spans [starts, ends) sorted by start."""
+  length = tf.shape(tokens)[0]
+  n = tf.shape(starts)[0]
+  order_seed, block_seed = _split(seed, 2)
+  span_len = ends - starts                                            # [n]
+  ones = tf.ones([n], tf.int32)
+  delta = (tf.scatter_nd(starts[:, None], ones, [length + 1]) -
+           tf.scatter_nd(ends[:, None], ones, [length + 1]))
+  in_span = tf.cumsum(delta)[:length] > 0                              # [L]
+  is_start = tf.scatter_nd(starts[:, None], ones, [length]) > 0       # [L]
+  keep_a = tf.logical_or(tf.logical_not(in_span), is_start)
+  a_index = tf.cast(tf.where(keep_a)[:, 0], tf.int32)                  # [len_a]
+  a_tokens = tf.gather(tf.where(is_start, mask_id, tokens), a_index)
+  len_a = tf.shape(a_index)[0]
+  a_position_of = tf.cumsum(tf.cast(keep_a, tf.int32), exclusive=True)  # [L]
+  mask_pos = tf.gather(a_position_of, starts)                          # [n]
+
+  if shuffle_spans:
+    order = tf.argsort(_uniform([n], order_seed))
+  else:
+    order = tf.range(n)
+  b_start = tf.gather(starts, order)
+  b_len = tf.gather(span_len, order)
+  seg_end = tf.cumsum(b_len + 1)                                       # [n] inclusive
+  len_b = tf.reduce_sum(b_len + 1)
+  p = tf.range(len_b)
+  seg = tf.searchsorted(seg_end, p, side="right")                      # [len_b]
+  within = p - (tf.gather(seg_end, seg) - tf.gather(b_len, seg) - 1)   # 0 = sop
+  src = tf.gather(b_start, seg) + within                               # original index of target
+  last = tf.equal(within, tf.gather(b_len, seg))
+  b_targets = tf.where(last, special.eop, tf.gather(tokens, tf.minimum(src, length - 1)))
+  b_inputs = tf.where(tf.equal(within, 0), special.sop,
+                      tf.gather(tokens, tf.maximum(src - 1, 0)))
+  if block_mask_prob > 0.0:
+    if special.dblock is None:
+      raise ValueError("block_mask_prob > 0 needs a vocabulary with a [dBLOCK] token.")
+    hit = tf.logical_and(_uniform([len_b], block_seed) < block_mask_prob, within > 0)
+    b_inputs = tf.where(hit, special.dblock, b_inputs)
+  positions = tf.stack([
+      tf.concat([tf.range(len_a), tf.gather(tf.gather(mask_pos, order), seg)], 0),
+      tf.concat([tf.zeros([len_a], tf.int32), within + 1], 0)])
+  return {
+      "tokens": tf.concat([a_tokens, b_inputs], 0),
+      "positions": positions,
+      "sep": len_a,
+      "targets": tf.concat([a_tokens, b_targets], 0),
+      "loss_weights": tf.concat([tf.zeros([len_a]), tf.ones([len_b])], 0),
+  }
+
+
+# ----------------------------------------------------------------------------- token level
+
+
+def _draw_span_lengths(seed, target, max_spans, poisson_lambda, max_span_length):
+  """Poisson span lengths over 1..max_span_length-1, drawn until their sum >= target."""
+  k = tf.range(1, max_span_length, dtype=tf.float64)
+  log_pmf = k * math.log(poisson_lambda) - poisson_lambda - tf.math.lgamma(k + 1.0)
+  num_draws = tf.minimum(target, max_spans)
+  draws = tf.random.stateless_categorical(
+      tf.cast(log_pmf, tf.float32)[None], num_draws, seed, dtype=tf.int32)[0] + 1
+  before = tf.cumsum(draws, exclusive=True)
+  needed = tf.reduce_sum(tf.cast(before < target, tf.int32))
+  capped = tf.logical_and(tf.equal(needed, num_draws),
+                          tf.reduce_sum(draws) < target)
+  return draws[:needed], tf.cast(capped, tf.int32)
+
+
+def _documents(tokens, special):
+  """Span-eligible region of every document: (offset [D], length [D])."""
+  length = tf.shape(tokens)[0]
+  is_eos, is_doc_cls = _boundaries(tokens, special)
+  idx = tf.range(length)
+  eligible = tf.logical_not(tf.logical_or(is_eos, is_doc_cls))
+  eligible = tf.logical_and(eligible, idx < length - 1)
+  doc_id = tf.cumsum(tf.cast(is_eos, tf.int32), exclusive=True)
+  num_docs = doc_id[-1] + 1
+  doc_len = tf.math.unsorted_segment_sum(tf.cast(eligible, tf.int32), doc_id, num_docs)
+  doc_offset = tf.math.unsorted_segment_min(tf.where(eligible, idx, length), doc_id, num_docs)
+  return doc_offset, doc_len
+
+
+def _allocate(span_lens, doc_len, mask_ratio):
+  """Reference allocation: shortest documents first, each up to int(ratio*len) tokens,
+  the longest document takes the rest. Returns span-index bounds [D+1] per sorted doc."""
+  n = tf.shape(span_lens)[0]
+  num_docs = tf.shape(doc_len)[0]
+  csum = tf.concat([[0], tf.cumsum(span_lens)], 0)                     # [n+1]
+  with_gaps = csum + tf.range(n + 1)
+  budget = _ratio_count(mask_ratio, doc_len)
+
+  def body(d, m, bounds):
+    take = tf.searchsorted(csum, [csum[m] + budget[d]], side="right")[0] - 1
+    return d + 1, take, bounds.write(d + 1, take)
+
+  bounds = tf.TensorArray(tf.int32, size=num_docs + 1).write(0, 0)
+  _, m, bounds = tf.while_loop(lambda d, m, b: d < num_docs - 1, body, (0, 0, bounds))
+  last = tf.searchsorted(with_gaps, [with_gaps[m] + doc_len[num_docs - 1] + 1],
+                         side="right")[0] - 1
+  return bounds.write(num_docs, last).stack()
+
+
+def _place_token_spans(tokens, special, seed, mask_ratio, poisson_lambda, max_span_length,
+                       max_spans):
+  """One attempt: draw lengths, allocate per document, place uniformly with gaps >= 1."""
+  length_seed, shuffle_seed, place_seed = _split(seed, 3)
+  target = _ratio_count(mask_ratio, tf.shape(tokens)[0])
+  span_lens, capped = _draw_span_lengths(length_seed, target, max_spans, poisson_lambda,
+                                         max_span_length)
+  span_lens = tf.gather(span_lens, tf.argsort(_uniform(tf.shape(span_lens), shuffle_seed)))
+  doc_offset, doc_len = _documents(tokens, special)
+  doc_order = tf.argsort(doc_len, stable=True)
+  doc_offset = tf.gather(doc_offset, doc_order)
+  doc_len = tf.gather(doc_len, doc_order)
+  bounds = _allocate(span_lens, doc_len, mask_ratio)                  # [D+1]
+  placed = bounds[-1]
+  unplaced = tf.shape(span_lens)[0] - placed
+  span_lens = span_lens[:placed]
+  k = tf.range(placed)
+  doc = tf.searchsorted(bounds[1:], k, side="right")                  # [placed]
+  first = tf.gather(bounds, doc)
+  count = tf.gather(bounds, doc + 1) - first
+  csum = tf.cumsum(span_lens, exclusive=True)
+  doc_sum = tf.math.unsorted_segment_sum(span_lens, doc, tf.shape(doc_len)[0])
+  slack = tf.gather(doc_len - doc_sum, doc) - count + 1               # places in [0, slack]
+  place = _randint(_uniform([placed], place_seed), slack)
+  key = doc * (tf.shape(tokens)[0] + 1) + place
+  place = tf.sort(key) - doc * (tf.shape(tokens)[0] + 1)
+  starts = (tf.gather(doc_offset, doc) + place + (csum - tf.gather(csum, first)) +
+            (k - first))
+  return starts, starts + span_lens, unplaced, capped
+
+
+def token_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
+                    mask_ratio: float = 0.15, poisson_lambda: float = 3.0,
+                    max_span_length: int = 40, max_spans=None, shuffle_spans: bool = True,
+                    block_mask_prob: float = 0.0, max_redraws: int = _MAX_REDRAWS) -> dict:
+  """[MASK] spans, Poisson(lambda) lengths over 1..max_span_length-1, until >= mask_ratio.
+
+  Spans never cover the leading [CLS], an eos, the [CLS] after it or the last token;
+  multi-document samples get the reference's per-document allocation. A draw whose spans
+  do not fit is redrawn up to `max_redraws` times (counted); spans still unplaced after
+  that are dropped and counted in `unplaced`.
+  """
+  tokens = tf.cast(tokens, tf.int32)
+  max_spans = _resolve_max_spans(max_spans, tf.shape(tokens)[0], mask_ratio)
+  layout_seed, draw_seed = _split(seed, 2)
+  attempt = lambda i: _place_token_spans(
+      tokens, special, tf.random.experimental.stateless_fold_in(draw_seed, i), mask_ratio,
+      poisson_lambda, max_span_length, max_spans)
+  starts, ends, unplaced_draw, capped = attempt(0)
+
+  def redraw():
+    def body(i, s, e, u, c):
+      s, e, u, c = attempt(i)
+      return i + 1, s, e, u, c
+    shapes = (tf.TensorShape([]), tf.TensorShape([None]), tf.TensorShape([None]),
+              tf.TensorShape([]), tf.TensorShape([]))
+    return tf.while_loop(lambda i, s, e, u, c: tf.logical_and(i <= max_redraws, u > 0),
+                         body, (1, starts, ends, unplaced_draw, capped),
+                         shape_invariants=shapes)
+
+  i, starts, ends, unplaced, capped = tf.cond(
+      unplaced_draw > 0, redraw, lambda: (1, starts, ends, unplaced_draw, capped))
+  order = tf.argsort(starts)
+  starts, ends = tf.gather(starts, order), tf.gather(ends, order)
+  out = _span_layout(tokens, starts, ends, special.mask, special, layout_seed,
+                     shuffle_spans, block_mask_prob)
+  out.update(_counters(tf.shape(starts)[0], tf.reduce_sum(ends - starts),
+                       redraws=i - 1, unplaced=unplaced, capped=capped))
+  return out
+
+
+# ----------------------------------------------------------------------------- sentence level
+
+
+def _sentences(tokens, special):
+  """Whole sentences [start, end) ending at a sentence-end token or a document end.
+
+  Sentences never include eos, a document's [CLS] or the sample's last token (a sentence
+  reaching the last token is not a candidate).
+  """
+  length = tf.shape(tokens)[0]
+  is_eos, is_doc_cls = _boundaries(tokens, special)
+  if special.sentence_end_ids:
+    ids = tf.constant(special.sentence_end_ids, tf.int32)
+    is_end = tf.reduce_any(tf.equal(tokens[:, None], ids[None, :]), axis=1)
+  else:
+    is_end = tf.zeros_like(is_eos)
+  valid = tf.logical_not(tf.logical_or(is_eos, is_doc_cls))
+  prev_valid = tf.concat([[False], valid[:-1]], 0)
+  prev_end = tf.concat([[False], is_end[:-1]], 0)
+  next_valid = tf.concat([valid[1:], [False]], 0)
+  starts_flag = tf.logical_and(valid, tf.logical_or(tf.logical_not(prev_valid), prev_end))
+  ends_flag = tf.logical_and(valid, tf.logical_or(tf.logical_not(next_valid), is_end))
+  starts = tf.cast(tf.where(starts_flag)[:, 0], tf.int32)
+  ends = tf.cast(tf.where(ends_flag)[:, 0], tf.int32) + 1
+  keep = ends < length
+  return tf.boolean_mask(starts, keep), tf.boolean_mask(ends, keep)
+
+
+def sentence_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
+                       mask_ratio: float = 0.15, max_spans=None, shuffle_spans: bool = True,
+                       block_mask_prob: float = 0.0) -> dict:
+  """[sMASK] whole sentences in random order until they cover >= mask_ratio of the sample."""
+  tokens = tf.cast(tokens, tf.int32)
+  max_spans = _resolve_max_spans(max_spans, tf.shape(tokens)[0], mask_ratio)
+  layout_seed, pick_seed = _split(seed, 2)
+  starts, ends = _sentences(tokens, special)
+  num = tf.shape(starts)[0]
+  perm = tf.argsort(_uniform([num], pick_seed))
+  lens = tf.gather(ends - starts, perm)
+  target = _ratio_count(mask_ratio, tf.shape(tokens)[0])
+  before = tf.cumsum(lens, exclusive=True)
+  needed = tf.maximum(tf.reduce_sum(tf.cast(before < target, tf.int32)), tf.minimum(num, 1))
+  take = tf.minimum(needed, max_spans)
+  chosen = tf.sort(perm[:take])
+  starts, ends = tf.gather(starts, chosen), tf.gather(ends, chosen)
+  out = _span_layout(tokens, starts, ends, special.smask, special, layout_seed,
+                     shuffle_spans, block_mask_prob)
+  out.update(_counters(take, tf.reduce_sum(ends - starts), capped=needed > take))
+  return out
+
+
+# ----------------------------------------------------------------------------- document level
+
+
+def _suffix_layout(tokens, gen_len, special):
+  """Prefix-LM layout: src [gMASK] sop tgt[:-1]; targets src [gMASK] tgt (no eop)."""
+  length = tf.shape(tokens)[0]
+  div = length - gen_len
+  src, tgt = tokens[:div], tokens[div:]
+  mask_sop = tf.constant([special.gmask, special.sop], tf.int32)
+  return {
+      "tokens": tf.concat([src, mask_sop, tgt[:-1]], 0),
+      "positions": tf.stack([
+          tf.concat([tf.range(div + 1), tf.fill([gen_len], div)], 0),
+          tf.concat([tf.zeros([div], tf.int32), tf.range(gen_len + 1)], 0)]),
+      "sep": div + 1,
+      "targets": tf.concat([src, mask_sop[:1], tgt], 0),
+      # The reference takes the sample loss mask here: 0 on every [CLS].
+      "loss_weights": tf.concat([tf.zeros([div + 1]),
+                                 tf.cast(tf.not_equal(tgt, special.cls), tf.float32)], 0),
+  }
+
+
+def document_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
+                       min_ratio: float = 0.5, gpt_infill_prob: float = 0.5) -> dict:
+  """[gMASK] one span of length uniform in [int(min_ratio*L), L-2].
+
+  With probability `gpt_infill_prob`, and always for multi-document samples, the span is
+  the suffix (prefix-LM layout, no eop); otherwise it is placed at random in the document
+  with the normal layout.
+  """
+  tokens = tf.cast(tokens, tf.int32)
+  length = tf.shape(tokens)[0]
+  len_seed, layout_seed, place_seed, layout_pick_seed = _split(seed, 4)
+  u = _uniform([3], len_seed)
+  low = _ratio_count(min_ratio, length)
+  gen_len = tf.maximum(low + _randint(u[0], length - 2 - low), 1)
+  gen_len = tf.minimum(gen_len, length - 1)
+  is_eos = tf.equal(tokens, special.eos)
+  multi_doc = tf.reduce_any(is_eos[:-1])
+  suffix = tf.logical_or(multi_doc, u[1] < gpt_infill_prob)
+
+  def infill():
+    doc_offset, doc_len = _documents(tokens, special)
+    span = tf.minimum(gen_len, doc_len[0])
+    start = doc_offset[0] + _randint(u[2], doc_len[0] - span)
+    out = _span_layout(tokens, start[None], (start + span)[None], special.gmask, special,
+                       layout_seed)
+    out.update(_counters(tf.cast(span > 0, tf.int32), span))
+    return out
+
+  def suffix_fn():
+    out = _suffix_layout(tokens, gen_len, special)
+    out.update(_counters(1, gen_len, suffix=1))
+    return out
+
+  return tf.cond(suffix, suffix_fn, infill)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def span_lengths(example: Mapping[str, np.ndarray]) -> np.ndarray:
+  """Original-token length of every Part B span of one (numpy) example, in Part B order."""
+  block = np.asarray(example["positions"])[1, int(example["sep"]):]
+  starts = np.flatnonzero(block == 1)
+  seg = np.diff(np.append(starts, len(block)))
+  return seg if int(example.get("suffix_layout", 0)) else seg - 1
+
+
+def layout_statistics(examples) -> dict:
+  """Summary of numpy examples: masked fraction, span lengths (1..40), spans, lengths."""
+  fractions, spans_per, lengths, all_spans = [], [], [], []
+  suffix = unplaced = redraws = capped = 0
+  for ex in examples:
+    lens = span_lengths(ex)
+    raw_length = int(ex["sep"]) + int(lens.sum()) - len(lens)
+    fractions.append(lens.sum() / raw_length)
+    spans_per.append(len(lens))
+    lengths.append(len(ex["tokens"]))
+    all_spans.append(lens)
+    suffix += int(ex.get("suffix_layout", 0))
+    unplaced += int(ex.get("unplaced", 0))
+    redraws += int(ex.get("redraws", 0))
+    capped += int(ex.get("spans_capped", 0))
+  n = len(fractions)
+  if n == 0:
+    raise ValueError("layout_statistics needs at least one example.")
+  spans = np.concatenate(all_spans) if all_spans else np.zeros([0], int)
+  hist = np.bincount(np.clip(spans, 0, 41), minlength=42)[1:41]
+  return {
+      "num_examples": n,
+      "masked_fraction_mean": float(np.mean(fractions)),
+      "masked_fraction_std": float(np.std(fractions)),
+      "span_length_hist": (hist / max(len(spans), 1)).tolist(),
+      "span_length_mean": float(spans.mean()) if len(spans) else 0.0,
+      "max_span_length": int(spans.max()) if len(spans) else 0,
+      "spans_per_sample_mean": float(np.mean(spans_per)),
+      "length_mean": float(np.mean(lengths)),
+      "length_max": int(np.max(lengths)),
+      "suffix_fraction": suffix / n,
+      "redraws_total": redraws,
+      "unplaced_total": unplaced,
+      "capped_fraction": capped / n,
+  }
+
+
+# ----------------------------------------------------------------------------- preprocessors
+
+
+def _check_probs(objective_probs) -> Tuple[float, float, float]:
+  probs = tuple(float(p) for p in objective_probs)
+  if len(probs) != 3 or min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
+    raise ValueError(f"objective_probs {objective_probs} must be 3 non-negative numbers "
+                     "(token, sentence, document) that sum to 1.")
+  return probs
+
+
+def construct_example(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
+                      objective_probs=(1.0, 0.0, 0.0), sequence_length: Optional[int] = None,
+                      mask_ratio: float = 0.15, poisson_lambda: float = 3.0,
+                      max_span_length: int = 40, doc_min_ratio: float = 0.5,
+                      gpt_infill_prob: float = 0.5, block_mask_prob: float = 0.0,
+                      shuffle_spans: bool = True, max_spans=None) -> dict:
+  """One objective drawn with `objective_probs`, applied to one raw sample.
+
+  With `sequence_length` T the span cap becomes min(max_spans, (T - L) // 2) and a raw
+  sample too long for T fails with an error naming `raw_length_for(T)`.
+  """
+  probs = _check_probs(objective_probs)
+  tokens = tf.cast(tokens, tf.int32)
+  length = tf.shape(tokens)[0]
+  pick_seed, seed = _split(seed, 2)
+  max_spans = _resolve_max_spans(max_spans, length, mask_ratio)
+  if sequence_length is not None:
+    with tf.control_dependencies([tf.debugging.assert_less(
+        length, sequence_length,
+        message=(f"raw sample longer than sequence_length - 1 = {sequence_length - 1}; build "
+                 f"samples of at most raw_length_for({sequence_length}) = "
+                 f"{raw_length_for(sequence_length)} tokens"))]):
+      max_spans = tf.minimum(max_spans, (sequence_length - length) // 2)
+  branches = {
+      0: lambda: token_infilling(tokens, seed, special, mask_ratio=mask_ratio,
+                                 poisson_lambda=poisson_lambda,
+                                 max_span_length=max_span_length, max_spans=max_spans,
+                                 shuffle_spans=shuffle_spans,
+                                 block_mask_prob=block_mask_prob),
+      1: lambda: sentence_infilling(tokens, seed, special, mask_ratio=mask_ratio,
+                                    max_spans=max_spans, shuffle_spans=shuffle_spans),
+      2: lambda: document_infilling(tokens, seed, special, min_ratio=doc_min_ratio,
+                                    gpt_infill_prob=gpt_infill_prob),
+  }
+  used = [i for i, p in enumerate(probs) if p > 0]
+  if len(used) == 1:
+    out = branches[used[0]]()
+    objective = tf.constant(used[0], tf.int32)
+  else:
+    cum = tf.constant([sum(probs[:i + 1]) for i in used[:-1]], tf.float32)
+    pick = tf.reduce_sum(tf.cast(_uniform([], pick_seed) >= cum, tf.int32))
+    out = tf.switch_case(pick, [branches[i] for i in used])
+    objective = tf.gather(tf.constant(used, tf.int32), pick)
+  out["objective"] = objective
+  return out
+
+
+def _apply(features, seed, sequence_length, kwargs):
+  features = dict(features)
+  length = None if not sequence_length else sequence_length.get("targets")
+  out = construct_example(features["targets"], seed, sequence_length=length, **kwargs)
+  features.update(out)
+  return features
+
+
+@seqio.map_over_dataset(num_seeds=2)
+def blank_infilling(features: Mapping[str, tf.Tensor],
+                    sequence_length: Optional[Mapping[str, int]] = None,
+                    output_features=None, *, seeds, special_tokens: SpecialTokens,
+                    **objective_kwargs) -> dict:
+  """Seqio preprocessor: raw sample in 'targets' -> GLM layout (see the module docstring)."""
+  del output_features
+  seed = tf.stack([tf.cast(seeds[0][0], tf.int64), tf.cast(seeds[1][0], tf.int64)])
+  return _apply(features, seed, sequence_length,
+                dict(objective_kwargs, special=special_tokens))
+
+
+@seqio.map_over_dataset
+def blank_infilling_by_index(features: Mapping[str, tf.Tensor],
+                             sequence_length: Optional[Mapping[str, int]] = None,
+                             output_features=None, *, seed: Union[int, Sequence[int]],
+                             special_tokens: SpecialTokens, index_feature: str = "index",
+                             **objective_kwargs) -> dict:
+  """Like `blank_infilling`, with example k's seed = stateless_fold_in(seed, k)."""
+  del output_features
+  base = tf.constant([0, seed] if isinstance(seed, int) else list(seed), tf.int64)
+  example_seed = tf.random.experimental.stateless_fold_in(
+      base, tf.cast(features[index_feature], tf.int64))
+  return _apply(features, example_seed, sequence_length,
+                dict(objective_kwargs, special=special_tokens))
