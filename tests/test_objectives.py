@@ -306,3 +306,52 @@ def test_document_statistics_match_reference(reference):
   assert ours["spans_per_sample_mean"] == 1.0
   assert abs(ours["length_mean"] - ref["sequence_length_after_construction_unpadded"]["mean"]) \
       <= 0.5
+
+
+# ----------------------------------------------------------------------------- seqio preprocessors
+
+
+def _raw_dataset(n=12):
+  raws = _samples(np.random.RandomState(8), n, 100, 45)
+  return tf.data.Dataset.from_tensor_slices({"targets": np.stack(raws)}).enumerate().map(
+      lambda i, f: dict(f, index=i)), raws
+
+
+def _collect(ds):
+  return [{k: v for k, v in ex.items()} for ex in ds.as_numpy_iterator()]
+
+
+def test_blank_infilling_preprocessor_deterministic_under_seed_manager():
+  import seqio
+  ds, raws = _raw_dataset()
+  kwargs = dict(sequence_length={"targets": 128}, special_tokens=FIXTURE_TINY,
+                objective_probs=(0.4, 0.3, 0.3))
+  with seqio.map_seed_manager(5):
+    ds5 = objectives.blank_infilling(ds, **kwargs)
+  with seqio.map_seed_manager(6):
+    ds6 = objectives.blank_infilling(ds, **kwargs)
+  runs = [_collect(ds5), _collect(ds5), _collect(ds6)]
+  for a, b in zip(runs[0], runs[1]):
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+  assert any(len(a["tokens"]) != len(c["tokens"]) or (a["tokens"] != c["tokens"]).any()
+             for a, c in zip(runs[0], runs[2]))
+  for ex, raw in zip(runs[0], raws):
+    assert len(ex["tokens"]) <= 128 and ex["index"] >= 0
+    mask_id = FIXTURE_TINY.mask_for(objectives.OBJECTIVES[ex["objective"]])
+    np.testing.assert_array_equal(reassemble(ex, FIXTURE_TINY, mask_id)[0], raw)
+
+
+def test_blank_infilling_by_index_is_a_function_of_seed_and_index():
+  ds, raws = _raw_dataset()
+  kwargs = dict(sequence_length={"targets": 128}, special_tokens=FIXTURE_TINY, seed=17,
+                objective_probs=(0.5, 0.25, 0.25))
+  full = _collect(objectives.blank_infilling_by_index(ds, **kwargs))
+  resumed = _collect(objectives.blank_infilling_by_index(ds.skip(7), **kwargs))
+  for a, b in zip(full[7:], resumed):
+    for k in ("tokens", "positions", "targets", "loss_weights", "sep", "objective"):
+      np.testing.assert_array_equal(a[k], b[k])
+  other = _collect(objectives.blank_infilling_by_index(ds, **dict(kwargs, seed=18)))
+  assert any(len(a["tokens"]) != len(c["tokens"]) or (a["tokens"] != c["tokens"]).any()
+             for a, c in zip(full, other))
+  with pytest.raises(ValueError, match="'targets'"):
+    objectives.blank_infilling_by_index(ds.map(lambda f: {"index": f["index"]}), **kwargs)

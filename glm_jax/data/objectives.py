@@ -480,16 +480,19 @@ def construct_example(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
                       mask_ratio: float = 0.15, poisson_lambda: float = 3.0,
                       max_span_length: int = 40, doc_min_ratio: float = 0.5,
                       gpt_infill_prob: float = 0.5, block_mask_prob: float = 0.0,
-                      shuffle_spans: bool = True, max_spans=None) -> dict:
+                      shuffle_spans: bool = True, max_spans=None,
+                      pick_seed: Optional[Seed] = None) -> dict:
   """One objective drawn with `objective_probs`, applied to one raw sample.
 
-  With `sequence_length` T the span cap becomes min(max_spans, (T - L) // 2) and a raw
-  sample too long for T fails with an error naming `raw_length_for(T)`.
+  `pick_seed` (default: split from `seed`) draws the objective. With `sequence_length` T
+  the span cap becomes min(max_spans, (T - L) // 2) and a raw sample too long for T fails
+  with an error naming `raw_length_for(T)`.
   """
   probs = _check_probs(objective_probs)
   tokens = tf.cast(tokens, tf.int32)
   length = tf.shape(tokens)[0]
-  pick_seed, seed = _split(seed, 2)
+  if pick_seed is None:
+    pick_seed, seed = _split(seed, 2)
   max_spans = _resolve_max_spans(max_spans, length, mask_ratio)
   if sequence_length is not None:
     with tf.control_dependencies([tf.debugging.assert_less(
@@ -523,6 +526,9 @@ def construct_example(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
 
 
 def _apply(features, seed, sequence_length, kwargs):
+  if "targets" not in features:
+    raise ValueError("blank_infilling reads the raw sample from feature 'targets'; "
+                     f"the dataset has {sorted(features)}.")
   features = dict(features)
   length = None if not sequence_length else sequence_length.get("targets")
   out = construct_example(features["targets"], seed, sequence_length=length, **kwargs)
@@ -535,11 +541,15 @@ def blank_infilling(features: Mapping[str, tf.Tensor],
                     sequence_length: Optional[Mapping[str, int]] = None,
                     output_features=None, *, seeds, special_tokens: SpecialTokens,
                     **objective_kwargs) -> dict:
-  """Seqio preprocessor: raw sample in 'targets' -> GLM layout (see the module docstring)."""
+  """Seqio preprocessor: raw sample in 'targets' -> GLM layout (see the module docstring).
+
+  seeds[0] picks the objective, seeds[1] builds the example. Seqio draws the seeds from
+  `tf.data.Dataset.random`, seeded by `seqio.map_seed_manager` / the Task's `seed`.
+  """
   del output_features
-  seed = tf.stack([tf.cast(seeds[0][0], tf.int64), tf.cast(seeds[1][0], tf.int64)])
-  return _apply(features, seed, sequence_length,
-                dict(objective_kwargs, special=special_tokens))
+  as_seed = lambda s: tf.cast(tf.stack(s), tf.int64)
+  return _apply(features, as_seed(seeds[1]), sequence_length,
+                dict(objective_kwargs, special=special_tokens, pick_seed=as_seed(seeds[0])))
 
 
 @seqio.map_over_dataset
