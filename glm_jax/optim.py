@@ -58,13 +58,17 @@ def decay_mask(params):
 
 
 @gin.configurable
-def create_optimizer(*, learning_rate: float = 4e-4, warmup_steps: int = 0,
+def create_optimizer(*, total_steps: Optional[int] = None, learning_rate: float = 4e-4, warmup_steps: int = 0,
                      decay_steps: Optional[int] = None, schedule: str = "cosine",
                      final_fraction: float = 0.05, b1: float = 0.9, b2: float = 0.98,
                      eps: float = 1e-6, weight_decay: float = 0.1,
                      clip_norm: Optional[float] = 1.0
                      ) -> Tuple[optax.GradientTransformation, Callable]:
-  """(optax transformation, schedule(step) -> learning rate)."""
+  """(optax transformation, schedule(step) -> learning rate).
+
+  `decay_steps` None decays over `total_steps` (the trainer passes TRAIN_STEPS).
+  """
+  decay_steps = decay_steps if decay_steps is not None else total_steps
 
   def lr_fn(step):
     return learning_rate_schedule(step, peak=learning_rate, warmup_steps=warmup_steps,
