@@ -230,13 +230,17 @@ def _rows(split: EncodedSplit, order: Sequence[int], **kwargs) -> dict:
 def get_batches(name: str, split: str, *, sequence_length: int, batch_size: int, seed: int = 0,
                 start_batch: int = 0, shard_index: int = 0, num_shards: int = 1,
                 vocabulary: Any = "builtin", train: Optional[bool] = None,
-                max_candidates: int = 10, layout: str = "auto") -> Iterator[dict]:
+                max_candidates: int = 10, layout: str = "auto", pack: bool = False,
+                num_batches: Optional[int] = None) -> Iterator[dict]:
   """Trainer input: endless shuffled train batches, or one ordered pass over an eval split.
 
   Training (the default for split 'train') reshuffles every epoch with seed + epoch; batch i
   is epoch i // E, slice i % E of that epoch's order (E = ceil(N / batch_size)); a short last
-  slice is padded with example_weight 0. Each shard gets batch_size / num_shards rows.
+  slice is padded with example_weight 0. Each shard gets batch_size / num_shards rows. An
+  eval pass stops after `num_batches` batches when given.
   """
+  if pack:
+    raise ValueError("SuperGLUE cloze batches cannot be packed; set PACK = False.")
   train = split == "train" if train is None else train
   if train and split != "train":
     raise ValueError(f"Refusing to train on the {split!r} split; SuperGLUE fine-tuning trains "
@@ -255,7 +259,7 @@ def get_batches(name: str, split: str, *, sequence_length: int, batch_size: int,
   step = start_batch
   while True:
     epoch, j = divmod(step, per_epoch)
-    if not train and epoch > 0:
+    if not train and (epoch > 0 or (num_batches is not None and step >= num_batches)):
       return
     order = (np.random.RandomState((seed + epoch) % 2**32).permutation(n) if train
              else np.arange(n))

@@ -7,12 +7,16 @@ log-probabilities), so learning flows through the language-model head, as in GLM
 from __future__ import annotations
 
 import functools
+import json
+import os
+from typing import Optional
 
 import gin
 import jax
 import jax.numpy as jnp
 
-from glm_jax.model import GLM, GLMConfig, init_params
+from glm_jax.model import GLMConfig
+from glm_jax.models import BaseModel
 from glm_jax.superglue import scoring
 
 
@@ -23,15 +27,34 @@ def _example_weights(batch):
 
 
 @gin.configurable
-class ClozeModel:
+def checkpoint_config(path: str, **overrides) -> GLMConfig:
+  """The GLMConfig stored with a checkpoint (params-only or MODEL_DIR), fields overridden.
+
+  Lets a fine-tuning run take its network sizes from INIT_CHECKPOINT, e.g. with the
+  reference's fine-tuning dropout: overrides = {'hidden_dropout': 0.1, ...}.
+  """
+  path = os.path.abspath(path)
+  meta_file = os.path.join(path, "glm_checkpoint.json")
+  if not os.path.exists(meta_file):
+    steps = sorted((int(d), d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(
+        path) else []
+    step_dir = path if os.path.isdir(os.path.join(path, "meta")) else (
+        os.path.join(path, steps[-1][1]) if steps else None)
+    meta_file = step_dir and os.path.join(step_dir, "meta", "metadata")
+  if not meta_file or not os.path.exists(meta_file):
+    raise FileNotFoundError(f"No GLM checkpoint at {path!r}; pass a params-only checkpoint or "
+                            "a MODEL_DIR with saved steps as INIT_CHECKPOINT / CHECKPOINT.")
+  with open(meta_file) as f:
+    config = GLMConfig.from_dict(json.load(f)["glm_config"])
+  return config.replace(**overrides) if overrides else config
+
+
+@gin.configurable
+class ClozeModel(BaseModel):
   """GLM scored on cloze candidates: `loss_fn`, `eval_fn`, `score`."""
 
-  def __init__(self, config: GLMConfig = gin.REQUIRED):
-    self.config = config
-    self.module = GLM(config)
-
-  def init_params(self, rng):
-    return init_params(self.config, rng)
+  def __init__(self, config: Optional[GLMConfig] = None):
+    super().__init__(config)
 
   def score(self, params, batch, rng=None, deterministic: bool = True):
     """Candidate scores [B, C] (INVALID_SCORE on padded candidates)."""
