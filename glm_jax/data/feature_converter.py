@@ -1,0 +1,151 @@
+"""Fixed-length GLM model batches from blank-infilling task output (docs/ARCHITECTURE.md).
+
+Task features (from `objectives.blank_infilling`): tokens [N], positions [2, N], sep [],
+targets [N], loss_weights [N]; `task_feature_lengths = {"targets": T}`.
+
+Model features, padded to T with pad id / position 0 / block position 0 / weight 0:
+  tokens [T], positions [2, T], sep [], targets [T], loss_weights [T] (float32).
+With `pack=True` several examples share a row: `segment_ids` [T] (1..k, 0 on padding),
+positions restart per segment, and `sep` becomes per token [T]: the absolute index where
+the token's segment's Part B begins (0 on padding).
+
+An example longer than T fails with an error (Part B is never truncated); pick the raw
+sample length with `objectives.raw_length_for(T)`.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import seqio
+import tensorflow as tf
+
+_Spec = seqio.FeatureConverter.FeatureSpec
+_LAYOUT_KEYS = ("tokens", "positions", "sep", "targets", "loss_weights")
+
+
+def _model_features(pack: bool) -> dict:
+  return {
+      "tokens": _Spec(dtype=tf.int32),
+      "positions": _Spec(dtype=tf.int32, rank=2, sequence_dim=1),
+      "sep": _Spec(dtype=tf.int32, rank=1 if pack else 0),
+      "targets": _Spec(dtype=tf.int32),
+      "loss_weights": _Spec(dtype=tf.float32),
+  }
+
+
+class GLMFeatureConverter(seqio.FeatureConverter):
+  """Pads (or packs) GLM examples into rows of `task_feature_lengths['targets']` tokens."""
+
+  TASK_FEATURES = {"targets": _Spec(dtype=tf.int32)}
+  MODEL_FEATURES = _model_features(pack=False)
+  PACKING_FEATURE_DTYPES = {"segment_ids": tf.int32}
+
+  def __init__(self, pack: bool = False, pad_id: int = 0, pack_window: int = 64, **kwargs):
+    """`pack_window`: consecutive examples packed together (greedily, in order)."""
+    kwargs.pop("use_custom_packing_ops", None)
+    # Our packing handles the rank-2 `positions`; seqio only allows that with this flag.
+    super().__init__(pack=pack, use_custom_packing_ops=pack, **kwargs)
+    self.MODEL_FEATURES = _model_features(pack)
+    self._pad_id = pad_id
+    self._pack_window = pack_window
+
+  def _check_and_select(self, ex: Mapping[str, tf.Tensor], length: int) -> dict:
+    missing = [k for k in _LAYOUT_KEYS if k not in ex]
+    if missing:
+      raise ValueError(f"GLMFeatureConverter needs features {missing}; apply "
+                       "objectives.blank_infilling to the task first.")
+    n = tf.shape(ex["tokens"])[0]
+    check = tf.debugging.assert_less_equal(
+        n, length, message=(f"example longer than the model length {length}; build raw "
+                            f"samples of at most objectives.raw_length_for({length}) tokens"))
+    with tf.control_dependencies([check]):
+      out = {k: tf.identity(ex[k]) for k in _LAYOUT_KEYS}
+    out["loss_weights"] = tf.cast(out["loss_weights"], tf.float32)
+    return out
+
+  def _pad(self, ex: Mapping[str, tf.Tensor], length: int) -> dict:
+    pad = length - tf.shape(ex["tokens"])[0]
+    pad1 = lambda x, value: tf.pad(x, [[0, pad]], constant_values=value)
+    out = {
+        "tokens": pad1(ex["tokens"], self._pad_id),
+        "positions": tf.pad(ex["positions"], [[0, 0], [0, pad]]),
+        "sep": ex["sep"],
+        "targets": pad1(ex["targets"], self._pad_id),
+        "loss_weights": pad1(ex["loss_weights"], 0.0),
+    }
+    for k, v in out.items():
+      v.set_shape([2, length] if k == "positions" else ([] if k == "sep" else [length]))
+    return out
+
+  def _pack_batch(self, batch: Mapping[str, tf.Tensor], length: int) -> dict:
+    """Greedy in-order packing of a padded batch [K, Lmax] into rows [R, T]."""
+    lengths = batch["length"]                                          # [K]
+
+    def step(state, n):
+      row, fill, segment = state
+      new_row = fill + n > length
+      row = tf.where(new_row, row + 1, row)
+      offset = tf.where(new_row, 0, fill)
+      segment = tf.where(new_row, 1, segment + 1)
+      return row, offset + n, segment
+
+    rows, ends, segments = tf.scan(step, lengths, initializer=(0, length + 1, 0))
+    # The initial fill of `length + 1` makes example 0 open row 1; shift to 0-based rows.
+    rows = rows - 1
+    offsets = ends - lengths
+    num_rows = rows[-1] + 1
+    lmax = tf.shape(batch["tokens"])[1]
+    k, p = tf.meshgrid(tf.range(tf.shape(lengths)[0]), tf.range(lmax), indexing="ij")
+    valid = p < lengths[:, None]                                       # [K, Lmax]
+    src = tf.cast(tf.where(valid), tf.int32)                           # [M, 2] (k, p)
+    ex_of = src[:, 0]
+    dest = tf.stack([tf.gather(rows, ex_of), tf.gather(offsets, ex_of) + src[:, 1]], 1)
+    shape = tf.stack([num_rows, length])
+
+    def scatter(values, fill):
+      base = tf.fill(shape, tf.cast(fill, values.dtype))
+      return tf.tensor_scatter_nd_update(base, dest, values)
+
+    gather = lambda x: tf.gather_nd(x, src)
+    positions = [scatter(gather(batch["positions"][:, i]), 0) for i in range(2)]
+    return {
+        "tokens": scatter(gather(batch["tokens"]), self._pad_id),
+        "positions": tf.stack(positions, 1),                          # [R, 2, T]
+        "sep": scatter(tf.gather(offsets + batch["sep"], ex_of), 0),
+        "targets": scatter(gather(batch["targets"]), self._pad_id),
+        "loss_weights": scatter(gather(batch["loss_weights"]), 0.0),
+        "segment_ids": scatter(tf.gather(segments, ex_of), 0),
+    }
+
+  def _pack_rows(self, ds: tf.data.Dataset, length: int) -> tf.data.Dataset:
+    ds = ds.map(lambda ex: dict(ex, length=tf.shape(ex["tokens"])[0]),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.padded_batch(self._pack_window, padding_values={
+        "tokens": self._pad_id, "positions": 0, "sep": 0, "targets": self._pad_id,
+        "loss_weights": 0.0, "length": 0})
+    ds = ds.map(lambda b: self._pack_batch(b, length), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.unbatch()
+
+    def set_shapes(ex):
+      for k, v in ex.items():
+        v.set_shape([2, length] if k == "positions" else [length])
+      return ex
+
+    return ds.map(set_shapes)
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    length = task_feature_lengths["targets"]
+    ds = ds.map(lambda ex: self._check_and_select(ex, length),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    if self.pack:
+      return self._pack_rows(ds, length)
+    return ds.map(lambda ex: self._pad(ex, length), num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict:
+    length = task_feature_lengths["targets"]
+    lengths = {k: length for k in _LAYOUT_KEYS}
+    if self.pack:
+      lengths["segment_ids"] = length
+    return lengths
