@@ -185,3 +185,28 @@ def test_xsum_evaluator(vocab, model, tmp_path):
   assert all(0.0 <= m[f"xsum/{k}"] <= 100.0 for k in ("rouge1", "rouge2", "rougeL"))
   lines = (tmp_path / "xsum_predictions.jsonl").read_text().splitlines()
   assert len(lines) == 3 and all(json.loads(l)["prediction"] for l in lines)
+
+
+def test_seqio_tasks_yield_the_evaluator_rows(vocab, tmp_path):
+  from glm_jax.lm_eval import tasks  # pylint: disable=g-import-not-at-top
+  (tmp_path / "lambada.txt").write_text("\n".join(PASSAGES) + "\n")
+  wiki = tmp_path / "wiki"
+  wiki.mkdir()
+  (wiki / "test.txt").write_text(WIKI)
+  (wiki / "valid.txt").write_text(WIKI)
+  with open(tmp_path / "xsum.jsonl", "w") as f:
+    f.write(json.dumps({"document": "the cat sat .", "summary": "a cat."}) + "\n")
+  names = tasks.register_tasks(lambada_path=str(tmp_path / "lambada.txt"),
+                               wikitext_dir=str(wiki), xsum_path=str(tmp_path / "xsum.jsonl"),
+                               lambada_length=48, wikitext_window=16, wikitext_stride=4,
+                               xsum_length=32)
+  assert set(names) == {"glm_lambada", "glm_lambada_uni", "glm_wikitext2",
+                        "glm_wikitext2_uni", "glm_xsum"}
+  got = tasks.task_rows("glm_lambada_uni", "test")
+  want = blank_rows.stack_rows(lambada.build_rows(PASSAGES, vocab, sequence_length=48,
+                                                  bidirectional=False))
+  for k in blank_rows.FEATURES:
+    np.testing.assert_array_equal(got[k], want[k])
+  wiki_rows = tasks.task_rows("glm_wikitext2", "validation")
+  assert wiki_rows["tokens"].shape[1] == wikitext.row_length(16)
+  assert tasks.task_rows("glm_xsum", "validation")["tokens"].shape == (1, 32)
