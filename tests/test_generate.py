@@ -1,0 +1,100 @@
+"""Text-level generation: prompts with masks, the generate() API and the infer CLI."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from glm_jax import decoding, generate
+from glm_jax.data import vocab as vocab_lib
+from glm_jax.model import GLMConfig, init_params
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+@pytest.fixture(scope="module")
+def vocab():
+  return vocab_lib.get_vocabulary("builtin")
+
+
+@pytest.fixture(scope="module")
+def model(vocab):
+  cfg = GLMConfig(vocab_size=vocab.vocab_size, num_layers=2, hidden_size=32, num_heads=4,
+                  max_sequence_length=64, initializer_std=0.2)
+  return cfg, init_params(cfg, jax.random.PRNGKey(1))
+
+
+def test_prompt_layout(vocab):
+  s = vocab.special
+  p = generate.build_prompt("The cat [MASK] on the [sMASK]", vocab)
+  assert p.tokens[0] == s.cls and p.tokens[-1] == s.smask  # ends in a mask: no eos
+  assert [p.tokens[i] for i in p.mask_positions] == [s.mask, s.smask]
+  assert p.pieces == ("The cat ", " on the ", "")
+  inner = generate.build_prompt("a [MASK] b", vocab)
+  assert inner.tokens[-1] == s.eos
+  assert list(inner.tokens[1:inner.mask_positions[0]]) == list(vocab.encode("a"))
+  plain = generate.build_prompt("Once upon a time", vocab)  # no mask: [gMASK] appended
+  assert plain.tokens[-1] == s.gmask and plain.mask_positions == (len(plain.tokens) - 1,)
+  with pytest.raises(ValueError, match="empty"):
+    generate.build_prompt("  ", vocab)
+
+
+def test_fill_text():
+  p = generate.Prompt((0,), (0, 0), ("The cat ", " on the ", "."))
+  assert generate.fill_text(p, ["sat", "mat"]) == "The cat sat on the mat."
+  g = generate.Prompt((0,), (0,), ("Once upon a time ", ""))
+  assert generate.fill_text(g, ["there was"]) == "Once upon a time there was"
+
+
+def test_generate_matches_fill_blanks(vocab, model):
+  cfg, params = model
+  texts = ["The cat [MASK] on the [MASK] today.", "Once upon a time"]
+  out = generate.generate(texts, params=params, config=cfg, vocabulary=vocab,
+                          max_new_tokens=5, return_fills=True)
+  assert len(out) == 2 and len(out[0][1]) == 2 and len(out[1][1]) == 1
+  assert out[0][0].startswith("The cat") and out[1][0].startswith("Once upon a time")
+  # The same fills straight from the decoder.
+  prompt = generate.build_prompt(texts[0], vocab)
+  ctx, lengths, masks, blanks = generate.batch_prompts([prompt], cfg.max_sequence_length)
+  res = decoding.fill_blanks(params, cfg, vocab.special, ctx, lengths, masks, blanks,
+                             decode_config=decoding.DecodeConfig(max_new_tokens=5))
+  fills = decoding.split_blanks(np.asarray(res.tokens)[0], int(res.lengths[0]), vocab.special)
+  assert [vocab.decode(f).strip() for f in fills] == out[0][1]
+  single = generate.generate(texts[1], params=params, config=cfg, vocabulary=vocab,
+                             max_new_tokens=5)
+  assert single == out[1][0]
+  a = generate.generate(texts, params=params, config=cfg, vocabulary=vocab, strategy="sample",
+                        max_new_tokens=5, seed=7)
+  assert a == generate.generate(texts, params=params, config=cfg, vocabulary=vocab,
+                                strategy="sample", max_new_tokens=5, seed=7)
+  with pytest.raises(ValueError, match="checkpoint"):
+    generate.generate("x [MASK]", params=params)
+  with pytest.raises(ValueError, match="shorten"):
+    generate.generate("word " * 80, params=params, config=cfg, vocabulary=vocab)
+
+
+def _infer(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", "glm_jax.infer", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_infer_cli(model, tmp_path):
+  from glm_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  cfg, params = model
+  ckpt = checkpoints.save_params_checkpoint(str(tmp_path / "ckpt"), params, cfg, "builtin")
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("The cat [MASK] on the mat.\n\nOnce upon a time\n")
+  out = tmp_path / "out.txt"
+  r = _infer(f"--checkpoint={ckpt}", f"--input_file={prompts}", f"--output_file={out}",
+             "--strategy=beam", "--num_beams=2", "--max_new_tokens=4")
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = out.read_text().splitlines()
+  assert len(lines) == 2 and lines[0].startswith("The cat") and lines[0].endswith("on the mat.")
+  assert r.stdout.splitlines()[-2:] == lines
+  bad = _infer(f"--checkpoint={tmp_path / 'nope'}", "--text=a [MASK]")
+  assert bad.returncode != 0 and "does not exist" in bad.stderr
+  assert "Traceback" not in bad.stderr
