@@ -100,7 +100,7 @@ def format_table(results: Dict[str, Dict[str, float]], average: float) -> str:
 
 
 @gin.configurable
-def evaluate_superglue(params, config, vocab_spec: str, output_dir: str, *,
+def evaluate_superglue(params, config, vocab_spec: str, output_dir: Optional[str] = None, *,
                        mixture_or_task_name: str = "superglue", split: str = "validation",
                        sequence_length: int = 256, task_lengths: Optional[dict] = None,
                        batch_size: int = 16, layout: str = "auto", vocabulary: Any = None,
@@ -111,6 +111,9 @@ def evaluate_superglue(params, config, vocab_spec: str, output_dir: str, *,
   warning when skip_missing, else the FileNotFoundError stops the run.
   """
   from glm_jax.superglue import tasks  # pylint: disable=g-import-not-at-top
+  if not output_dir:
+    raise ValueError("The SuperGLUE evaluator needs an output directory; set OUTPUT_DIR.")
+  params = jax.device_get(params)
   vocab = inputs.resolve_vocabulary(vocabulary if vocabulary is not None else vocab_spec)
   lengths = {**DEFAULT_LENGTHS, **(task_lengths or {})}
   model = ClozeModel(config)

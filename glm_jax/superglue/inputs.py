@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import gin
@@ -284,5 +285,24 @@ def steps_per_epoch(name: str, batch_size: int, split: str = "train", seed: int 
 
 
 @gin.configurable
-def num_train_steps(name: str, epochs: int, batch_size: int) -> int:
-  return epochs * steps_per_epoch(name, batch_size)
+def num_train_steps(name: str, epochs: int, batch_size: int, fraction: float = 1.0) -> int:
+  """fraction * epochs * steps_per_epoch (fraction 0.1 gives GLM's warmup)."""
+  return int(fraction * epochs * steps_per_epoch(name, batch_size))
+
+
+@gin.configurable
+def hparam(task: str, name: str, per_task: dict) -> Any:
+  """per_task[task][name]: a task's fine-tuning hyperparameter from configs/superglue/*.gin."""
+  task, _ = parse_task_name(task)
+  if task not in per_task or name not in per_task[task]:
+    raise ValueError(f"No {name!r} for SuperGLUE task {task!r} in configs/superglue/{task}.gin;"
+                     f" set the macro {name.upper()} instead.")
+  return per_task[task][name]
+
+
+@gin.configurable
+def default_model_dir(init_checkpoint: Optional[str], task: str) -> str:
+  """<INIT_CHECKPOINT>_superglue_<task>: the fine-tuning MODEL_DIR when none is given."""
+  if not init_checkpoint:
+    raise ValueError("Set INIT_CHECKPOINT (a pretrained checkpoint) or MODEL_DIR.")
+  return os.path.normpath(os.path.abspath(init_checkpoint)) + f"_superglue_{task}"

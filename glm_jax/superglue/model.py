@@ -27,12 +27,14 @@ def _example_weights(batch):
 
 
 @gin.configurable
-def checkpoint_config(path: str, **overrides) -> GLMConfig:
-  """The GLMConfig stored with a checkpoint (params-only or MODEL_DIR), fields overridden.
+def checkpoint_config(path: Optional[str], dropout: Optional[float] = None) -> GLMConfig:
+  """The GLMConfig stored with a checkpoint (params-only or MODEL_DIR).
 
-  Lets a fine-tuning run take its network sizes from INIT_CHECKPOINT, e.g. with the
-  reference's fine-tuning dropout: overrides = {'hidden_dropout': 0.1, ...}.
+  Lets a fine-tuning run take its network sizes from INIT_CHECKPOINT; `dropout` (the
+  reference fine-tunes with 0.1) replaces the embedding, attention and hidden dropout.
   """
+  if not path:
+    raise ValueError("Set INIT_CHECKPOINT (or CHECKPOINT) to a GLM checkpoint directory.")
   path = os.path.abspath(path)
   meta_file = os.path.join(path, "glm_checkpoint.json")
   if not os.path.exists(meta_file):
@@ -46,7 +48,10 @@ def checkpoint_config(path: str, **overrides) -> GLMConfig:
                             "a MODEL_DIR with saved steps as INIT_CHECKPOINT / CHECKPOINT.")
   with open(meta_file) as f:
     config = GLMConfig.from_dict(json.load(f)["glm_config"])
-  return config.replace(**overrides) if overrides else config
+  if dropout is not None:
+    config = config.replace(embedding_dropout=dropout, attention_dropout=dropout,
+                            hidden_dropout=dropout)
+  return config
 
 
 @gin.configurable

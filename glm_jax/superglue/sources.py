@@ -34,10 +34,21 @@ _DETERMINERS = {"the", "a", "an", "his", "her", "their", "my", "our", "your", "i
                 "that", "these", "those"}
 
 
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _resolve(directory: Optional[str]) -> Optional[str]:
+  """A relative directory is taken from the working directory, else from the repo root."""
+  if not directory or os.path.isabs(directory) or os.path.isdir(directory):
+    return directory
+  from_root = os.path.join(_REPO_ROOT, directory)
+  return from_root if os.path.isdir(from_root) else directory
+
+
 @gin.configurable
 def data_dirs(superglue_dir: Optional[str] = None, fewglue_dir: Optional[str] = None) -> dict:
   """Where the release and FewGLUE JSONL files live (gin macros SUPERGLUE_DIR / FEWGLUE_DIR)."""
-  return {"superglue": superglue_dir, "fewglue": fewglue_dir}
+  return {"superglue": _resolve(superglue_dir), "fewglue": _resolve(fewglue_dir)}
 
 
 def check_task(task: str) -> str:
