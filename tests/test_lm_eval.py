@@ -121,17 +121,16 @@ def test_lambada_evaluator(vocab, model, tmp_path):
 
 def test_wikitext_evaluator(vocab, model, tmp_path):
   cfg, params = model
-  path = tmp_path / "test.txt"
-  path.write_text(WIKI)
-  m = evaluate.wikitext(params, cfg, vocab, None, path=str(path), window=32, stride=8)
-  n_tok = m["wikitext/num_tokens"]
+  (tmp_path / "test.txt").write_text(WIKI)
+  m = evaluate.wikitext(params, cfg, vocab, None, directory=str(tmp_path), window=32, stride=8)
+  n_tok = m["wikitext2/num_tokens"]
   for v in ("bi", "uni"):
-    assert m[f"wikitext/{v}/predicted_tokens"] == n_tok - 1
+    assert m[f"wikitext2/{v}/predicted_tokens"] == n_tok - 1
     # One total loss, two units: log(word ppl) * words == log(token ppl) * tokens.
-    assert math.log(m[f"wikitext/{v}/word_ppl"]) * m["wikitext/num_words"] == pytest.approx(
-        math.log(m[f"wikitext/{v}/token_ppl"]) * (n_tok - 1), rel=1e-5)
+    assert math.log(m[f"wikitext2/{v}/word_ppl"]) * m["wikitext2/num_words"] == pytest.approx(
+        math.log(m[f"wikitext2/{v}/token_ppl"]) * (n_tok - 1), rel=1e-5)
   # A random model is close to uniform over the vocabulary.
-  assert 0.2 * cfg.vocab_size < m["wikitext/bi/token_ppl"] < 5 * cfg.vocab_size
+  assert 0.2 * cfg.vocab_size < m["wikitext2/bi/token_ppl"] < 5 * cfg.vocab_size
 
 
 def test_xsum_rows_and_batches(vocab, tmp_path):

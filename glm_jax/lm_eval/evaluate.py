@@ -91,12 +91,12 @@ def lambada(params, config, vocab_spec, output_dir, *, path: str = gin.REQUIRED,
 
 
 @gin.configurable
-def wikitext(params, config, vocab_spec, output_dir, *, path: str = gin.REQUIRED,
-             window: int = 1024, stride: int = 256, variants: Sequence[str] = ("bi", "uni"),
-             batch_size: int = 8, max_tokens: int = 0, name: str = "wikitext") -> dict:
+def wikitext(params, config, vocab_spec, output_dir, *, directory: str = gin.REQUIRED,
+             split: str = "test", window: int = 1024, stride: int = 256, variants: Sequence[str] = ("bi", "uni"),
+             batch_size: int = 8, max_tokens: int = 0, name: str = "wikitext2") -> dict:
   """Token- and word-level perplexity, bidirectional and/or unidirectional."""
   vocabulary = _vocabulary(vocab_spec)
-  raw = wikitext_lib.read(path)
+  raw = wikitext_lib.read(wikitext_lib.split_path(directory, split))
   tokens = wikitext_lib.tokenize(raw, vocabulary)
   words = wikitext_lib.num_words(raw)
   if max_tokens:  # a prefix of the file; words scaled to the same share of it

@@ -14,7 +14,6 @@ the same functions the evaluators in glm_jax.lm_eval.evaluate use.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Callable, Dict, List
 
 import gin
@@ -24,7 +23,6 @@ import tensorflow as tf
 
 from glm_jax.lm_eval import blank_rows, lambada, wikitext, xsum
 
-WIKITEXT_FILES = {"test": "test.txt", "validation": "valid.txt"}
 
 
 def _signature(length: int) -> Dict[str, tf.TensorSpec]:
@@ -78,12 +76,12 @@ def register_tasks(vocab_spec: str = "builtin", *, lambada_path: str = gin.REQUI
     names.append(f"glm_lambada{suffix}")
 
     def build_wiki(split, bi=bidirectional):
-      raw = wikitext.read(os.path.join(wikitext_dir, WIKITEXT_FILES[split]))
+      raw = wikitext.read(wikitext.split_path(wikitext_dir, split))
       return wikitext.build_rows(wikitext.tokenize(raw, vocabulary), vocabulary.special,
                                  window=wikitext_window, stride=wikitext_stride,
                                  bidirectional=bi)
 
-    _add(f"glm_wikitext2{suffix}", _source(build_wiki, WIKITEXT_FILES,
+    _add(f"glm_wikitext2{suffix}", _source(build_wiki, wikitext.SPLIT_FILES,
                                            wikitext.row_length(wikitext_window)), vocabulary)
     names.append(f"glm_wikitext2{suffix}")
 

@@ -16,6 +16,14 @@ import numpy as np
 
 from glm_jax.lm_eval import blank_rows, detokenize
 
+SPLIT_FILES = {"test": "test.txt", "validation": "valid.txt"}
+
+
+def split_path(directory: str, split: str) -> str:
+  if split not in SPLIT_FILES:
+    raise ValueError(f"Unknown WikiText split {split!r}; use one of {sorted(SPLIT_FILES)}.")
+  return os.path.join(directory, SPLIT_FILES[split])
+
 
 def read(path: str) -> str:
   if not os.path.isfile(path):
