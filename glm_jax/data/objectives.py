@@ -89,15 +89,14 @@ def raw_length_for(sequence_length: int, objectives: Sequence[str] = OBJECTIVES,
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _split(seed: Seed, n: int):
-  seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
-  return tf.unstack(tf.random.experimental.stateless_split(seed, n))
+#
+# Performance: per example, CPU time grows with the number of ops run, so each example
+# draws all its uniforms with one stateless op, and work that is rarely needed (infill
+# layout, redraws, multi-document allocation) sits behind tf.cond / tf.while_loop.
 
 
 def _uniform(shape, seed) -> tf.Tensor:
-  return tf.random.stateless_uniform(shape, seed, dtype=tf.float32)
+  return tf.random.stateless_uniform(shape, tf.cast(seed, tf.int64), dtype=tf.float32)
 
 
 def _randint(u: tf.Tensor, high: tf.Tensor) -> tf.Tensor:
@@ -133,12 +132,15 @@ def _counters(num_spans, num_masked, suffix=0, redraws=0, unplaced=0, capped=0):
 
 
 def _span_layout(tokens: tf.Tensor, starts: tf.Tensor, ends: tf.Tensor, mask_id: int,
-                 special: SpecialTokens, seed, shuffle_spans: bool = True,
-                 block_mask_prob: float = 0.0) -> dict:
-  """Part A ++ Part B of section 1 for spans [starts, ends) sorted by start."""
+                 special: SpecialTokens, order_u: Optional[tf.Tensor] = None,
+                 block_u: Optional[tf.Tensor] = None, block_mask_prob: float = 0.0) -> dict:
+  """Part A ++ Part B of section 1 for spans [starts, ends) sorted by start.
+
+  Part B takes the spans in the order of `order_u` ([n] uniforms; None keeps text order);
+  `block_u` (>= len(Part B) uniforms) drives `block_mask_prob`.
+  """
   length = tf.shape(tokens)[0]
   n = tf.shape(starts)[0]
-  order_seed, block_seed = _split(seed, 2)
   span_len = ends - starts                                            # [n]
   ones = tf.ones([n], tf.int32)
   delta = (tf.scatter_nd(starts[:, None], ones, [length + 1]) -
@@ -152,10 +154,7 @@ def _span_layout(tokens: tf.Tensor, starts: tf.Tensor, ends: tf.Tensor, mask_id:
   a_position_of = tf.cumsum(tf.cast(keep_a, tf.int32), exclusive=True)  # [L]
   mask_pos = tf.gather(a_position_of, starts)                          # [n]
 
-  if shuffle_spans:
-    order = tf.argsort(_uniform([n], order_seed))
-  else:
-    order = tf.range(n)
+  order = tf.range(n) if order_u is None else tf.argsort(order_u[:n])
   b_start = tf.gather(starts, order)
   b_len = tf.gather(span_len, order)
   seg_end = tf.cumsum(b_len + 1)                                       # [n] inclusive
@@ -171,7 +170,7 @@ def _span_layout(tokens: tf.Tensor, starts: tf.Tensor, ends: tf.Tensor, mask_id:
   if block_mask_prob > 0.0:
     if special.dblock is None:
       raise ValueError("block_mask_prob > 0 needs a vocabulary with a [dBLOCK] token.")
-    hit = tf.logical_and(_uniform([len_b], block_seed) < block_mask_prob, within > 0)
+    hit = tf.logical_and(block_u[:len_b] < block_mask_prob, within > 0)
     b_inputs = tf.where(hit, special.dblock, b_inputs)
   positions = tf.stack([
       tf.concat([tf.range(len_a), tf.gather(tf.gather(mask_pos, order), seg)], 0),
@@ -188,18 +187,14 @@ def _span_layout(tokens: tf.Tensor, starts: tf.Tensor, ends: tf.Tensor, mask_id:
 # ----------------------------------------------------------------------------- token level
 
 
-def _draw_span_lengths(seed, target, max_spans, poisson_lambda, max_span_length):
-  """Poisson span lengths over 1..max_span_length-1, drawn until their sum >= target."""
-  k = tf.range(1, max_span_length, dtype=tf.float64)
-  log_pmf = k * math.log(poisson_lambda) - poisson_lambda - tf.math.lgamma(k + 1.0)
-  num_draws = tf.minimum(target, max_spans)
-  draws = tf.random.stateless_categorical(
-      tf.cast(log_pmf, tf.float32)[None], num_draws, seed, dtype=tf.int32)[0] + 1
-  before = tf.cumsum(draws, exclusive=True)
-  needed = tf.reduce_sum(tf.cast(before < target, tf.int32))
-  capped = tf.logical_and(tf.equal(needed, num_draws),
-                          tf.reduce_sum(draws) < target)
-  return draws[:needed], tf.cast(capped, tf.int32)
+def _length_cdf(poisson_lambda: float, max_span_length: int) -> tf.Tensor:
+  """CDF of Poisson(lambda) renormalised over 1..max_span_length-1 (reference weights)."""
+  pmf = [math.exp(k * math.log(poisson_lambda) - poisson_lambda - math.lgamma(k + 1))
+         for k in range(1, max_span_length)]
+  total = sum(pmf)
+  cdf = np.cumsum(pmf) / total
+  cdf[-1] = 1.0
+  return tf.constant(cdf, tf.float32)
 
 
 def _documents(tokens, special):
@@ -236,35 +231,41 @@ def _allocate(span_lens, doc_len, mask_ratio):
   return bounds.write(num_docs, last).stack()
 
 
-def _place_token_spans(tokens, special, seed, mask_ratio, poisson_lambda, max_span_length,
-                       max_spans):
-  """One attempt: draw lengths, allocate per document, place uniformly with gaps >= 1."""
-  length_seed, shuffle_seed, place_seed = _split(seed, 3)
-  target = _ratio_count(mask_ratio, tf.shape(tokens)[0])
-  span_lens, capped = _draw_span_lengths(length_seed, target, max_spans, poisson_lambda,
-                                         max_span_length)
-  span_lens = tf.gather(span_lens, tf.argsort(_uniform(tf.shape(span_lens), shuffle_seed)))
+def _place_token_spans(tokens, special, u, cdf, mask_ratio, max_spans):
+  """One draw: lengths until the target, per-document allocation, sorted random offsets.
+
+  `u`: uniforms [3 * k] for k = min(target, max_spans). Returns (starts, ends) sorted by
+  start, the number of drawn spans that did not fit, and whether max_spans capped the draw.
+  """
+  length = tf.shape(tokens)[0]
+  target = _ratio_count(mask_ratio, length)
+  k = tf.maximum(tf.minimum(target, max_spans), 0)
+  lens = tf.searchsorted(cdf, u[:k], side="right") + 1                 # [k]
+  before = tf.cumsum(lens, exclusive=True)
+  num = tf.reduce_sum(tf.cast(before < target, tf.int32))
+  capped = tf.logical_and(tf.equal(num, k), tf.reduce_sum(lens) < target)
+  lens = tf.gather(lens[:num], tf.argsort(u[k:k + num]))               # reference shuffles
   doc_offset, doc_len = _documents(tokens, special)
   doc_order = tf.argsort(doc_len, stable=True)
-  doc_offset = tf.gather(doc_offset, doc_order)
-  doc_len = tf.gather(doc_len, doc_order)
-  bounds = _allocate(span_lens, doc_len, mask_ratio)                  # [D+1]
+  doc_offset, doc_len = tf.gather(doc_offset, doc_order), tf.gather(doc_len, doc_order)
+  bounds = _allocate(lens, doc_len, mask_ratio)                        # [D+1]
   placed = bounds[-1]
-  unplaced = tf.shape(span_lens)[0] - placed
-  span_lens = span_lens[:placed]
-  k = tf.range(placed)
-  doc = tf.searchsorted(bounds[1:], k, side="right")                  # [placed]
+  span_lens = lens[:placed]
+  idx = tf.range(placed)
+  doc = tf.searchsorted(bounds[1:], idx, side="right")                 # [placed]
   first = tf.gather(bounds, doc)
   count = tf.gather(bounds, doc + 1) - first
-  csum = tf.cumsum(span_lens, exclusive=True)
+  before = tf.cumsum(span_lens, exclusive=True)
   doc_sum = tf.math.unsorted_segment_sum(span_lens, doc, tf.shape(doc_len)[0])
-  slack = tf.gather(doc_len - doc_sum, doc) - count + 1               # places in [0, slack]
-  place = _randint(_uniform([placed], place_seed), slack)
-  key = doc * (tf.shape(tokens)[0] + 1) + place
-  place = tf.sort(key) - doc * (tf.shape(tokens)[0] + 1)
-  starts = (tf.gather(doc_offset, doc) + place + (csum - tf.gather(csum, first)) +
-            (k - first))
-  return starts, starts + span_lens, unplaced, capped
+  slack = tf.gather(doc_len - doc_sum, doc) - count + 1                # offsets in [0, slack]
+  place = _randint(u[2 * k:2 * k + placed], slack)
+  key = doc * (length + 1) + place
+  place = tf.sort(key) - doc * (length + 1)
+  starts = (tf.gather(doc_offset, doc) + place + (before - tf.gather(before, first)) +
+            (idx - first))
+  order = tf.argsort(starts)
+  starts = tf.gather(starts, order)
+  return starts, starts + tf.gather(span_lens, order), num - placed, capped
 
 
 def token_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
@@ -275,35 +276,36 @@ def token_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
 
   Spans never cover the leading [CLS], an eos, the [CLS] after it or the last token;
   multi-document samples get the reference's per-document allocation. A draw whose spans
-  do not fit is redrawn up to `max_redraws` times (counted); spans still unplaced after
-  that are dropped and counted in `unplaced`.
+  do not fit is redrawn up to `max_redraws` times (counted in `redraws`); spans of the last
+  draw that still do not fit are dropped and counted in `unplaced`.
   """
   tokens = tf.cast(tokens, tf.int32)
-  max_spans = _resolve_max_spans(max_spans, tf.shape(tokens)[0], mask_ratio)
-  layout_seed, draw_seed = _split(seed, 2)
-  attempt = lambda i: _place_token_spans(
-      tokens, special, tf.random.experimental.stateless_fold_in(draw_seed, i), mask_ratio,
-      poisson_lambda, max_span_length, max_spans)
-  starts, ends, unplaced_draw, capped = attempt(0)
+  length = tf.shape(tokens)[0]
+  max_spans = _resolve_max_spans(max_spans, length, mask_ratio)
+  k = tf.maximum(tf.minimum(_ratio_count(mask_ratio, length), max_spans), 0)
+  seed = tf.cast(seed, tf.int64)
+  u = _uniform([4 * k + length + 1], seed)
+  cdf = _length_cdf(poisson_lambda, max_span_length)
+  starts, ends, unplaced, capped = _place_token_spans(tokens, special, u, cdf, mask_ratio,
+                                                      max_spans)
 
   def redraw():
-    def body(i, s, e, u, c):
-      s, e, u, c = attempt(i)
-      return i + 1, s, e, u, c
+    def body(i, s, e, n, c):
+      u_i = _uniform([3 * k], tf.random.experimental.stateless_fold_in(seed, i))
+      s, e, n, c = _place_token_spans(tokens, special, u_i, cdf, mask_ratio, max_spans)
+      return i + 1, s, e, n, c
     shapes = (tf.TensorShape([]), tf.TensorShape([None]), tf.TensorShape([None]),
               tf.TensorShape([]), tf.TensorShape([]))
-    return tf.while_loop(lambda i, s, e, u, c: tf.logical_and(i <= max_redraws, u > 0),
-                         body, (1, starts, ends, unplaced_draw, capped),
+    return tf.while_loop(lambda i, s, e, n, c: tf.logical_and(i <= max_redraws, n > 0),
+                         body, (1, starts, ends, unplaced, capped),
                          shape_invariants=shapes)
 
-  i, starts, ends, unplaced, capped = tf.cond(
-      unplaced_draw > 0, redraw, lambda: (1, starts, ends, unplaced_draw, capped))
-  order = tf.argsort(starts)
-  starts, ends = tf.gather(starts, order), tf.gather(ends, order)
-  out = _span_layout(tokens, starts, ends, special.mask, special, layout_seed,
-                     shuffle_spans, block_mask_prob)
+  tries, starts, ends, unplaced, capped = tf.cond(
+      unplaced > 0, redraw, lambda: (1, starts, ends, unplaced, capped))
+  out = _span_layout(tokens, starts, ends, special.mask, special,
+                     u[3 * k:4 * k] if shuffle_spans else None, u[4 * k:], block_mask_prob)
   out.update(_counters(tf.shape(starts)[0], tf.reduce_sum(ends - starts),
-                       redraws=i - 1, unplaced=unplaced, capped=capped))
+                       redraws=tries - 1, unplaced=unplaced, capped=capped))
   return out
 
 
@@ -338,22 +340,28 @@ def _sentences(tokens, special):
 def sentence_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
                        mask_ratio: float = 0.15, max_spans=None, shuffle_spans: bool = True,
                        block_mask_prob: float = 0.0) -> dict:
-  """[sMASK] whole sentences in random order until they cover >= mask_ratio of the sample."""
+  """[sMASK] whole sentences in random order until they cover >= mask_ratio of the sample.
+
+  Adjacent sentences may both be chosen (two blanks with no token between), as in the
+  reference.
+  """
   tokens = tf.cast(tokens, tf.int32)
-  max_spans = _resolve_max_spans(max_spans, tf.shape(tokens)[0], mask_ratio)
-  layout_seed, pick_seed = _split(seed, 2)
+  length = tf.shape(tokens)[0]
+  max_spans = _resolve_max_spans(max_spans, length, mask_ratio)
+  u = _uniform([4 * length], seed)
   starts, ends = _sentences(tokens, special)
   num = tf.shape(starts)[0]
-  perm = tf.argsort(_uniform([num], pick_seed))
+  perm = tf.argsort(u[:num])
   lens = tf.gather(ends - starts, perm)
-  target = _ratio_count(mask_ratio, tf.shape(tokens)[0])
+  target = _ratio_count(mask_ratio, length)
   before = tf.cumsum(lens, exclusive=True)
   needed = tf.maximum(tf.reduce_sum(tf.cast(before < target, tf.int32)), tf.minimum(num, 1))
   take = tf.minimum(needed, max_spans)
   chosen = tf.sort(perm[:take])
   starts, ends = tf.gather(starts, chosen), tf.gather(ends, chosen)
-  out = _span_layout(tokens, starts, ends, special.smask, special, layout_seed,
-                     shuffle_spans, block_mask_prob)
+  out = _span_layout(tokens, starts, ends, special.smask, special,
+                     u[length:2 * length] if shuffle_spans else None, u[2 * length:],
+                     block_mask_prob)
   out.update(_counters(take, tf.reduce_sum(ends - starts), capped=needed > take))
   return out
 
@@ -385,27 +393,26 @@ def document_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
   """[gMASK] one span of length uniform in [int(min_ratio*L), L-2].
 
   With probability `gpt_infill_prob`, and always for multi-document samples, the span is
-  the suffix (prefix-LM layout, no eop); otherwise it is placed at random in the document
-  with the normal layout.
+  the suffix: prefix-LM layout `src [gMASK] sop tgt[:-1]`, targets `src [gMASK] tgt` (no
+  eop, weight 0 on [CLS] targets as the reference's sample loss mask). Otherwise it is
+  placed at random in the document with the normal layout (with eop).
   """
   tokens = tf.cast(tokens, tf.int32)
   length = tf.shape(tokens)[0]
-  len_seed, layout_seed, place_seed, layout_pick_seed = _split(seed, 4)
-  u = _uniform([3], len_seed)
+  u = _uniform([3], seed)
   low = _ratio_count(min_ratio, length)
-  gen_len = tf.maximum(low + _randint(u[0], length - 2 - low), 1)
-  gen_len = tf.minimum(gen_len, length - 1)
-  is_eos = tf.equal(tokens, special.eos)
-  multi_doc = tf.reduce_any(is_eos[:-1])
+  gen_len = tf.minimum(tf.maximum(low + _randint(u[0], length - 2 - low), 1), length - 1)
+  multi_doc = tf.reduce_any(tf.equal(tokens[:-1], special.eos))
   suffix = tf.logical_or(multi_doc, u[1] < gpt_infill_prob)
 
   def infill():
     doc_offset, doc_len = _documents(tokens, special)
     span = tf.minimum(gen_len, doc_len[0])
     start = doc_offset[0] + _randint(u[2], doc_len[0] - span)
-    out = _span_layout(tokens, start[None], (start + span)[None], special.gmask, special,
-                       layout_seed)
-    out.update(_counters(tf.cast(span > 0, tf.int32), span))
+    num = tf.cast(span > 0, tf.int32)
+    out = _span_layout(tokens, start[None][:num], (start + span)[None][:num], special.gmask,
+                       special)
+    out.update(_counters(num, span))
     return out
 
   def suffix_fn():
@@ -492,15 +499,12 @@ def construct_example(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
   tokens = tf.cast(tokens, tf.int32)
   length = tf.shape(tokens)[0]
   if pick_seed is None:
-    pick_seed, seed = _split(seed, 2)
+    pick_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 1)
   max_spans = _resolve_max_spans(max_spans, length, mask_ratio)
   if sequence_length is not None:
-    with tf.control_dependencies([tf.debugging.assert_less(
-        length, sequence_length,
-        message=(f"raw sample longer than sequence_length - 1 = {sequence_length - 1}; build "
-                 f"samples of at most raw_length_for({sequence_length}) = "
-                 f"{raw_length_for(sequence_length)} tokens"))]):
-      max_spans = tf.minimum(max_spans, (sequence_length - length) // 2)
+    # Too-long raw samples are reported by GLMFeatureConverter (an assert here would
+    # cost more than building the example).
+    max_spans = tf.maximum(tf.minimum(max_spans, (sequence_length - length) // 2), 0)
   branches = {
       0: lambda: token_infilling(tokens, seed, special, mask_ratio=mask_ratio,
                                  poisson_lambda=poisson_lambda,
