@@ -1,0 +1,134 @@
+"""Orbax checkpoints: round trip, keep K, corrupt-latest fallback, params-only, digests, CLI."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from glm_jax import checkpoints
+from glm_jax.model import GLMConfig
+from glm_jax.trainer import TrainState
+
+from conftest import run_module
+
+CFG = GLMConfig(vocab_size=64, num_layers=1, hidden_size=16, num_heads=2, max_sequence_length=16)
+
+
+def _state(step: int, seed: int = 0) -> TrainState:
+  rng = np.random.RandomState(seed + step)
+  params = {"word_embeddings": jnp.asarray(rng.randn(64, 16), jnp.float32),
+            "layers": {"wi_bias": jnp.asarray(rng.randn(1, 64), jnp.float32)}}
+  opt_state = {"mu": jax.tree_util.tree_map(jnp.zeros_like, params),
+               "count": jnp.asarray(step, jnp.int32)}
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=opt_state)
+
+
+def _abstract(state):
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def _assert_same(a, b):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _manager(directory, keep=3):
+  return checkpoints.CheckpointManager(str(directory), _abstract(_state(0)), period=2, keep=keep)
+
+
+def test_round_trip_keeps_state_data_position_config_and_vocab(tmp_path):
+  manager = _manager(tmp_path)
+  assert manager.save(_state(2), next_batch=7, config=CFG, vocab_spec="builtin")
+  manager.wait()
+  state, meta = manager.restore_latest()
+  _assert_same(state, _state(2))
+  assert meta["next_batch"] == 7 and meta["step"] == 2 and meta["vocab_spec"] == "builtin"
+  assert GLMConfig.from_dict(meta["glm_config"]) == CFG
+  assert manager.should_save(4) and not manager.should_save(5)
+  manager.close()
+
+
+def test_keeps_the_last_k_and_resumes_from_the_latest(tmp_path):
+  manager = _manager(tmp_path, keep=2)
+  for step in (2, 4, 6):
+    manager.save(_state(step), next_batch=step, config=CFG, vocab_spec="builtin")
+  manager.close()
+  reopened = _manager(tmp_path, keep=2)
+  assert reopened.all_steps() == [4, 6]
+  state, meta = reopened.restore_latest()
+  assert meta["next_batch"] == 6
+  _assert_same(state, _state(6))
+  reopened.close()
+
+
+def _corrupt(step_dir):
+  for root, _, files in os.walk(os.path.join(step_dir, checkpoints.STATE_ITEM)):
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(0)
+
+
+def test_corrupt_latest_checkpoint_is_skipped_for_the_previous(tmp_path):
+  manager = _manager(tmp_path)
+  for step in (2, 4):
+    manager.save(_state(step), next_batch=step, config=CFG, vocab_spec="builtin")
+  manager.close()
+  _corrupt(tmp_path / "4")
+  reopened = _manager(tmp_path)
+  state, meta = reopened.restore_latest()
+  assert meta["step"] == 2
+  _assert_same(state, _state(2))
+  # The unreadable step is set aside, so training can save step 4 again.
+  assert any(name.startswith("corrupt_4") for name in os.listdir(tmp_path))
+  assert reopened.save(_state(4, seed=1), next_batch=4, config=CFG, vocab_spec="builtin")
+  reopened.close()
+  params, _, _, step = checkpoints.load_params(str(tmp_path))
+  assert step == 4
+  _assert_same(params, _state(4, seed=1).params)
+
+
+def test_load_params_from_model_dir_step_dir_and_params_only(tmp_path):
+  manager = _manager(tmp_path / "run")
+  for step in (2, 4):
+    manager.save(_state(step), next_batch=step, config=CFG, vocab_spec="builtin")
+  manager.close()
+  params, config, vocab, step = checkpoints.load_params(str(tmp_path / "run"))
+  assert (config, vocab, step) == (CFG, "builtin", 4)
+  _assert_same(params, _state(4).params)
+  params, _, _, step = checkpoints.load_params(str(tmp_path / "run" / "2"))
+  assert step == 2
+  _assert_same(params, _state(2).params)
+
+  path = checkpoints.save_params_checkpoint(str(tmp_path / "converted"), _state(9).params, CFG,
+                                            "bert-base-uncased", step=9)
+  params, config, vocab, step = checkpoints.load_params(path)
+  assert (config, vocab, step) == (CFG, "bert-base-uncased", 9)
+  _assert_same(params, _state(9).params)
+  assert checkpoints.params_digest(params) == checkpoints.params_digest(_state(9).params)
+  assert checkpoints.params_digest(params) != checkpoints.params_digest(_state(8).params)
+
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    checkpoints.load_params(str(tmp_path / "missing"))
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(FileNotFoundError, match="No checkpoint found"):
+    checkpoints.load_params(str(tmp_path / "empty"))
+
+
+def test_cli_lists_steps_parameter_counts_and_digests(tmp_path):
+  manager = _manager(tmp_path)
+  for step in (2, 4):
+    manager.save(_state(step), next_batch=step, config=CFG, vocab_spec="builtin")
+  manager.close()
+  result = run_module("glm_jax.checkpoints", [f"--model_dir={tmp_path}"], timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+  assert [r[0] for r in rows] == ["2", "4"]
+  assert rows[0][1] == f"{64 * 16 + 64:,}"
+  assert rows[1][2] == checkpoints.params_digest(_state(4).params)
+  missing = run_module("glm_jax.checkpoints", [f"--model_dir={tmp_path}/nope"], timeout=120)
+  assert missing.returncode == 1
+  assert missing.stderr.strip().splitlines()[-1].startswith("Error: MODEL_DIR")
+  assert len(missing.stderr.strip().splitlines()) == 1
