@@ -378,6 +378,12 @@ def run_plan() -> Dict[str, Any]:
     mesh_config = partitioning.MeshConfig(data=_macro("MESH_DATA", 1),
                                           fsdp=_macro("MESH_FSDP", 1),
                                           tensor=_macro("MESH_TENSOR", 1))
+    if -1 in (mesh_config.data, mesh_config.fsdp, mesh_config.tensor):
+      if not FLAGS.num_devices:
+        raise ValueError("The gin mesh has an axis of size -1 (all remaining devices); pass "
+                         "--num_devices=N or an explicit --mesh.")
+      data, fsdp, tensor = mesh_config.shape(FLAGS.num_devices)
+      mesh_config = partitioning.MeshConfig(data=data, fsdp=fsdp, tensor=tensor)
   num_devices = mesh_size(mesh_config)
   ensure_host_devices(num_devices)
 
@@ -420,6 +426,7 @@ def main(argv):
 def define_flags():
   gin_utils.define_flags()
   flags.DEFINE_string("mesh", None, "Mesh sizes, e.g. data:4,fsdp:64 (default: MESH_* macros).")
+  flags.DEFINE_integer("num_devices", None, "Device count that resolves a -1 MESH_* macro.")
   flags.DEFINE_integer("batch_size", None, "Global batch (default: BATCH_SIZE macro).")
   flags.DEFINE_integer("seq_len", None, "Sequence length (default: SEQUENCE_LENGTH macro).")
   flags.DEFINE_integer("microbatches", None, "Gradient-accumulation microbatches "

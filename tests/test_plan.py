@@ -1,0 +1,174 @@
+"""Ahead-of-time planner: per-device memory divides as the rules say; CLI, errors, projection."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from glm_jax import plan
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(vocab_size=256, num_layers=2, hidden_size=64, num_heads=4, max_sequence_length=64)
+TINY_BINDINGS = [f"--gin_bindings=model.GLMConfig.{k} = {v}" for k, v in TINY.items()]
+
+# Runs in a subprocess with 8 CPU devices: plans for several meshes and the rules' expectation.
+_MESHES_SCRIPT = textwrap.dedent("""
+    import json, math, sys
+    import flax.linen as nn
+    import jax
+    from glm_jax import models, optim, partitioning, plan, trainer
+    from glm_jax.model import GLMConfig
+
+    config = GLMConfig(**json.loads(sys.argv[1]))
+    model = models.BlankInfillingModel(config)
+    out = {"devices": len(jax.devices())}
+    for name, mesh, micro in [("one", "data:1", 1), ("fsdp8", "fsdp:8", 1),
+                              ("fsdp8_micro2", "fsdp:8", 2)]:
+      out[name] = plan.plan_train_step(model, plan.parse_mesh(mesh), 16, 32,
+                                       num_microbatches=micro)
+    # Other meshes: the trainer's state shardings alone (no compile) give the parameter bytes.
+    optimizer, lr_fn = optim.create_optimizer(total_steps=10)
+    for name, mesh in [("data8", "data:8"), ("mixed", "data:2,fsdp:4")]:
+      partitioner = partitioning.Partitioner(plan.parse_mesh(mesh))
+      state = trainer.Trainer(model, partitioner, optimizer, lr_fn).abstract_state
+      out[name] = {"params_bytes": plan.bytes_per_device(state.params)}
+    # What the rules say: leaves with an 'embed' axis divisible by the fsdp size are split.
+    boxed = model.abstract_params()
+    specs = jax.tree_util.tree_leaves(nn.get_partition_spec(boxed),
+                                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    shapes = jax.tree_util.tree_leaves(nn.meta.unbox(boxed))
+    def expected(fsdp):
+      total = 0
+      for spec, s in zip(specs, shapes):
+        size = math.prod(s.shape) * s.dtype.itemsize
+        dims = [i for i, a in enumerate(spec) if a == "embed" and s.shape[i] % fsdp == 0]
+        total += size // fsdp if dims else size
+      return total
+    out["expected"] = {str(f): expected(f) for f in (1, 4, 8)}
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def mesh_plans():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", _MESHES_SCRIPT, json.dumps(TINY)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = [l for l in result.stdout.splitlines() if l.startswith("RESULT")][-1]
+  return json.loads(line[len("RESULT"):])
+
+
+def test_parameter_memory_divides_as_the_rules_say(mesh_plans):
+  assert mesh_plans["devices"] == 8
+  one, fsdp8 = mesh_plans["one"], mesh_plans["fsdp8"]
+  expected = mesh_plans["expected"]
+  params_1 = one["memory_per_device"]["params_bytes"]
+  assert params_1 == expected["1"] == one["memory_per_device"]["params_global_bytes"]
+  assert fsdp8["num_devices"] == 8 and fsdp8["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  assert fsdp8["memory_per_device"]["params_bytes"] == expected["8"]
+  # Almost everything has an 'embed' axis: close to 1/8 of the one-device bytes.
+  assert params_1 / 8 <= expected["8"] < params_1 / 8 * 1.1
+  # 'data' replicates parameters; data:2 x fsdp:4 splits them four ways.
+  assert mesh_plans["data8"]["params_bytes"] == params_1
+  assert mesh_plans["mixed"]["params_bytes"] == expected["4"]
+
+
+def test_optimizer_state_and_arguments_follow_the_parameters(mesh_plans):
+  one, fsdp8 = mesh_plans["one"]["memory_per_device"], mesh_plans["fsdp8"]["memory_per_device"]
+  # AdamW: two moments per parameter (plus a few scalar counts).
+  for m in (one, fsdp8):
+    assert 2 * m["params_bytes"] <= m["optimizer_bytes"] < 2 * m["params_bytes"] + 1024
+  # XLA's view of the step's inputs: state + batch, sharded the same way.
+  assert one["xla"]["argument_bytes"] >= one["params_bytes"] + one["optimizer_bytes"]
+  assert fsdp8["xla"]["argument_bytes"] < one["xla"]["argument_bytes"] / 6
+  # The state is donated: its outputs alias its inputs.
+  assert fsdp8["xla"]["alias_bytes"] >= fsdp8["params_bytes"] + fsdp8["optimizer_bytes"]
+  for m in (one, fsdp8):
+    assert m["xla"]["temp_bytes"] > 0
+    assert m["xla"]["peak_bytes"] >= m["xla"]["argument_bytes"] + m["xla"]["temp_bytes"]
+
+
+def test_flops_and_microbatching(mesh_plans):
+  one, fsdp8 = mesh_plans["one"], mesh_plans["fsdp8"]
+  assert one["flops"]["model_flops_per_step"] == fsdp8["flops"]["model_flops_per_step"] > 0
+  assert fsdp8["flops"]["hardware_flops_per_device"] == pytest.approx(
+      one["flops"]["hardware_flops_per_device"] / 8)
+  assert one["flops"]["xla_flops_per_device"] > fsdp8["flops"]["xla_flops_per_device"] > 0
+  # Two microbatches of the same global batch need fewer temporaries than one large one.
+  micro2 = mesh_plans["fsdp8_micro2"]
+  assert micro2["num_microbatches"] == 2
+  assert (micro2["memory_per_device"]["xla"]["temp_bytes"]
+          < fsdp8["memory_per_device"]["xla"]["temp_bytes"])
+
+
+def _cli(*args, env_extra=None):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(env_extra or {}, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "glm_jax.plan",
+                         "--gin_file=configs/models/glm_tiny.gin", *TINY_BINDINGS, *args],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_simulates_the_mesh_devices_itself_and_writes_json(tmp_path):
+  out = tmp_path / "plan.json"
+  result = _cli("--mesh=data:2,fsdp:2", "--batch_size=8", "--seq_len=32",
+                "--remat_policy=full", "--device=v5e", "--utilization=0.5", f"--output={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  for text in ("per-device memory", "optimizer state", "temporaries", "FLOPs per step",
+               "projection on v5e", "MFU", "fits"):
+    assert text in result.stdout
+  report = json.loads(out.read_text())
+  assert report["num_devices"] == 4 and report["device_kind"] == "cpu"
+  assert report["model"]["remat_policy"] == "full" and report["model"]["num_layers"] == 2
+  p = report["projection"]
+  assert p["peak_tflops"] == pytest.approx(197.0) and p["fits"] is True
+  # Full remat recomputes the forward: MFU = 0.5 x model / hardware FLOPs.
+  f = report["flops"]
+  assert p["mfu"] == pytest.approx(
+      0.5 * f["model_flops_per_step"] / f["hardware_flops_per_step"])
+  assert f["hardware_flops_per_step"] > f["model_flops_per_step"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--mesh=data:2,model:4", "--batch_size=8", "--seq_len=32"), "Bad mesh"),
+    (("--mesh=data:3", "--batch_size=8", "--seq_len=32"), "not divisible by the data-parallel"),
+    (("--mesh=data:1", "--batch_size=8", "--seq_len=128"), "exceeds the model's"),
+    (("--mesh=data:1", "--seq_len=32"), "--batch_size"),
+    (("--mesh=data:1", "--batch_size=8", "--seq_len=32", "--device=tpu9"), "Unknown device"),
+])
+def test_cli_errors_are_one_line(args, message):
+  result = _cli(*args)
+  assert result.returncode == 1
+  lines = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+  assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+
+
+def test_parse_mesh_and_accelerators():
+  mesh = plan.parse_mesh("data:4,fsdp:64")
+  assert (mesh.data, mesh.fsdp, mesh.tensor) == (4, 64, 1)
+  assert plan.mesh_size(mesh) == 256
+  assert plan.mesh_size(plan.parse_mesh("tensor:2")) == 2
+  for bad in ("data:0", "data4", "pipe:2"):
+    with pytest.raises(ValueError):
+      plan.parse_mesh(bad)
+  v5e, h100 = plan.accelerator("v5e"), plan.accelerator("H100")
+  assert v5e["hbm_bytes"] == 16 * plan.GIB and v5e["peak_flops"] == 197e12
+  assert h100["peak_flops"] == 989e12 and h100["hbm_bytes"] == 80e9
+
+
+def test_recompute_flops_by_policy():
+  from glm_jax.model import GLMConfig
+  config = GLMConfig(**TINY)
+  h, layers, t = 64, 2, 32
+  by = lambda p: plan.recompute_flops_per_token(config.replace(remat_policy=p), t)  # pylint: disable=unnecessary-lambda-assignment
+  assert by("none") == by("dots") == 0.0
+  assert by("dots_no_batch") == 4.0 * layers * t * h
+  assert by("full") == by("save_nothing") == 2.0 * layers * 12 * h * h + 4.0 * layers * t * h
+  assert math.isclose(by("full") * 3, 6 * layers * 12 * h * h + 12 * layers * t * h)
