@@ -87,11 +87,12 @@ def test_packed_rows_keep_segments_apart_and_sep_per_token():
 
 def test_too_long_example_fails_with_clear_error():
   ds, _ = _task_dataset([60])
+  conv = GLMFeatureConverter(apply_length_check=True)
   with pytest.raises(tf.errors.InvalidArgumentError, match="expected length of 32"):
-    list(GLMFeatureConverter()(ds, {"targets": 32}).as_numpy_iterator())
-  # Without seqio's length check our own check still refuses to truncate.
+    list(conv(ds, {"targets": 32}).as_numpy_iterator())
+  # Without seqio's length check (the default) our own check refuses to truncate.
   for pack in (False, True):
-    conv = GLMFeatureConverter(pack=pack, apply_length_check=False)
+    conv = GLMFeatureConverter(pack=pack)
     with pytest.raises(tf.errors.InvalidArgumentError, match="raw_length_for"):
       list(conv(ds, {"targets": 32}).as_numpy_iterator())
 

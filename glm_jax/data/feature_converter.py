@@ -41,11 +41,17 @@ class GLMFeatureConverter(seqio.FeatureConverter):
   MODEL_FEATURES = _model_features(pack=False)
   PACKING_FEATURE_DTYPES = {"segment_ids": tf.int32}
 
-  def __init__(self, pack: bool = False, pad_id: int = 0, pack_window: int = 64, **kwargs):
-    """`pack_window`: consecutive examples packed together (greedily, in order)."""
+  def __init__(self, pack: bool = False, pad_id: int = 0, pack_window: int = 64,
+               apply_length_check: bool = False, **kwargs):
+    """`pack_window`: consecutive examples packed together (greedily, in order).
+
+    Over-long examples always fail (our own check, one per example); seqio's extra
+    validation maps run only with `apply_length_check=True`.
+    """
     kwargs.pop("use_custom_packing_ops", None)
     # Our packing handles the rank-2 `positions`; seqio only allows that with this flag.
-    super().__init__(pack=pack, use_custom_packing_ops=pack, **kwargs)
+    super().__init__(pack=pack, use_custom_packing_ops=pack,
+                     apply_length_check=apply_length_check, **kwargs)
     self.MODEL_FEATURES = _model_features(pack)
     self._pad_id = pad_id
     self._pack_window = pack_window
@@ -137,11 +143,12 @@ class GLMFeatureConverter(seqio.FeatureConverter):
   def _convert_features(self, ds: tf.data.Dataset,
                         task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
     length = task_feature_lengths["targets"]
-    ds = ds.map(lambda ex: self._check_and_select(ex, length),
-                num_parallel_calls=tf.data.AUTOTUNE)
     if self.pack:
+      ds = ds.map(lambda ex: self._check_and_select(ex, length),
+                  num_parallel_calls=tf.data.AUTOTUNE)
       return self._pack_rows(ds, length)
-    return ds.map(lambda ex: self._pad(ex, length), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda ex: self._pad(self._check_and_select(ex, length), length),
+                  num_parallel_calls=tf.data.AUTOTUNE)
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict:
     length = task_feature_lengths["targets"]

@@ -1,0 +1,108 @@
+"""Samples/s per core of the pretraining data pipeline (objective + feature conversion).
+
+  python benchmarks/data_pipeline.py [--raw_length=512] [--seconds=5]
+      [--consumed_samples_per_second=X]
+
+Raw samples are the reference collator's own inputs (`collator_inputs_glm_tiny_a.npz`,
+2000 samples of 512 BERT tokens, cut to --raw_length), held in memory and repeated.
+Every run limits tf.data and TF to one thread (private threadpool 1, intra/inter-op 1).
+`samples_per_second` is samples per CPU-second of the process (the per-core figure, robust
+to other load on a shared machine); `samples_per_wall_second` is also printed.
+The model length is max_output_length(raw_length) so nothing is truncated (590 for 512;
+--raw_length=444 gives the T=512 pipeline). Prints one JSON line.
+"""
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+_RAW_LENGTH = flags.DEFINE_integer("raw_length", 512, "Raw sample length (<= 512).")
+_SECONDS = flags.DEFINE_float("seconds", 5.0, "Timed seconds per configuration.")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Rows per batch (the reference used 16).")
+_PACK = flags.DEFINE_bool("pack", False, "Pack rows (GLMFeatureConverter(pack=True)).")
+_CONSUMED = flags.DEFINE_float(
+    "consumed_samples_per_second", None,
+    "Samples/s the glm_tiny train step consumes; prints pipeline/consumed ratios.")
+_INPUTS = flags.DEFINE_string(
+    "inputs", "/work/shared/fixtures/glm_reference/collator_inputs_glm_tiny_a.npz",
+    "npz with `text` int32 [num_samples, 512].")
+
+# REFERENCE_PERF.md: reference Python collator, one core, samples/s (two runs).
+REFERENCE = {"token": (1098, 679), "sentence": (924, 596), "document": (2407, 2239)}
+# name: (objective_probs (token, sentence, document), doc_min_ratio), GLM_SPEC section 2.
+MIXES = {
+    "token": ((1.0, 0.0, 0.0), 0.5),            # = the GLM-Base / GLM-Large mix
+    "sentence": ((0.0, 1.0, 0.0), 0.5),
+    "document": ((0.0, 0.0, 1.0), 0.5),
+    "glm_doc": ((0.5, 0.0, 0.5), 0.5),
+    "glm_2b": ((0.4, 0.3, 0.3), 0.25),
+}
+
+
+def _pipeline(tf, texts, probs, doc_min_ratio, special, length):
+  import seqio  # pylint: disable=g-import-not-at-top
+  from glm_jax.data import objectives  # pylint: disable=g-import-not-at-top
+  from glm_jax.data.feature_converter import GLMFeatureConverter  # pylint: disable=g-import-not-at-top
+  ds = tf.data.Dataset.from_tensor_slices({"targets": texts}).cache().repeat()
+  with seqio.map_seed_manager(1234):
+    ds = objectives.blank_infilling(ds, sequence_length={"targets": length},
+                                    special_tokens=special, objective_probs=probs,
+                                    doc_min_ratio=doc_min_ratio)
+  ds = GLMFeatureConverter(pack=_PACK.value, pad_id=special.pad)(ds, {"targets": length})
+  ds = ds.batch(_BATCH.value, drop_remainder=True)
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = 1
+  options.threading.max_intra_op_parallelism = 1
+  options.autotune.enabled = False
+  return ds.with_options(options)
+
+
+def _measure(ds, seconds):
+  """(samples per wall second, samples per CPU second of this process)."""
+  it = iter(ds)
+  for _ in range(20):  # warm-up: tracing, first-call allocation
+    next(it)
+  rows, start, cpu = 0, time.perf_counter(), time.process_time()
+  while time.perf_counter() - start < seconds:
+    for _ in range(10):
+      rows += next(it)["tokens"].shape[0]
+  return rows / (time.perf_counter() - start), rows / (time.process_time() - cpu)
+
+
+def main(argv):
+  del argv
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.threading.set_intra_op_parallelism_threads(1)
+  tf.config.threading.set_inter_op_parallelism_threads(1)
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  from glm_jax.data import objectives  # pylint: disable=g-import-not-at-top
+  from glm_jax.data.special_tokens import BERT_WORDPIECE  # pylint: disable=g-import-not-at-top
+
+  special = dataclasses.replace(BERT_WORDPIECE, sentence_end_ids=(1012, 1029, 999, 1025, 1024))
+  texts = np.load(_INPUTS.value)["text"][:, :_RAW_LENGTH.value].astype(np.int32)
+  length = objectives.max_output_length(_RAW_LENGTH.value, "token")
+  results = {"raw_length": _RAW_LENGTH.value, "model_length": length, "batch_size": _BATCH.value,
+             "pack": _PACK.value, "threads": 1, "samples_per_second": {},
+             "samples_per_wall_second": {}}
+  for name, (probs, doc_min_ratio) in MIXES.items():
+    ds = _pipeline(tf, texts, probs, doc_min_ratio, special, length)
+    wall, rate = _measure(ds, _SECONDS.value)
+    results["samples_per_second"][name] = round(rate, 1)
+    results["samples_per_wall_second"][name] = round(wall, 1)
+    if name in REFERENCE:
+      results.setdefault("vs_reference_collator", {})[name] = round(
+          rate / max(REFERENCE[name]), 2)
+  if _CONSUMED.value:
+    results["vs_consumed"] = {k: round(v / _CONSUMED.value, 2)
+                              for k, v in results["samples_per_second"].items()}
+  print(json.dumps(results))
+
+
+if __name__ == "__main__":
+  app.run(main)
