@@ -48,6 +48,8 @@ def _window_ends(body: np.ndarray, width: int, is_end: np.ndarray) -> List[int]:
     lo = start + width // 2
     ends = np.flatnonzero(is_end[lo:limit])
     cut = lo + int(ends[-1]) + 1 if len(ends) else limit
+    # Leave the last window at least MIN_SAMPLE_LENGTH - 1 tokens (+ its [CLS]).
+    cut = min(cut, n - (MIN_SAMPLE_LENGTH - 1))
     cuts.append(cut)
     start = cut
   cuts.append(n)

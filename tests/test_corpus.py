@@ -1,0 +1,97 @@
+"""Corpus cleaning, the shipped built-in corpus and forgiving document reading."""
+
+import gzip
+import json
+import os
+
+import pytest
+
+from glm_jax.data import corpus
+
+SOURCE = "/work/shared/data/gutenberg"
+RAW_BOOK = ("\ufeffThe Project Gutenberg eBook of Test\r\n\r\nLicense: see below\r\n"
+            "*** START OF THE PROJECT GUTENBERG EBOOK TEST ***\r\n\r\n"
+            "CHAPTER I.\r\n\r\nIt was a dark\r\nand stormy night.\r\n\r\n\r\n"
+            "Produced by a Project Gutenberg volunteer.\r\n\r\nThe end.\r\n"
+            "*** END OF THE PROJECT GUTENBERG EBOOK TEST ***\r\n"
+            "Section 1. General Terms of Use and Redistributing Project Gutenberg\r\n")
+
+
+def test_strip_gutenberg_and_paragraphs():
+  body = corpus.strip_gutenberg(RAW_BOOK)
+  assert "START OF" not in body and "END OF" not in body and "License" not in body
+  assert "\r" not in body and "\ufeff" not in body
+  assert corpus.gutenberg_documents(RAW_BOOK) == [
+      "CHAPTER I.", "It was a dark and stormy night.", "The end."]
+
+
+def test_strip_gutenberg_needs_start_marker():
+  with pytest.raises(ValueError, match="START OF"):
+    corpus.strip_gutenberg("just some text\n")
+
+
+def test_read_documents_counts_bad_input(tmp_path):
+  path = tmp_path / "bad.txt"
+  path.write_bytes(b"first line\n\n   \nbad \xff\xfe bytes\nlast\n")
+  counters = corpus.ReadCounters()
+  docs = list(corpus.read_documents([str(path)], counters=counters))
+  assert docs == ["first line", "bad \ufffd\ufffd bytes", "last"]
+  assert (counters.documents, counters.empty_lines, counters.invalid_utf8) == (3, 2, 1)
+
+
+def test_read_documents_jsonl_and_gzip(tmp_path):
+  path = tmp_path / "docs.jsonl.gz"
+  with gzip.open(path, "wt") as f:
+    f.write('{"text": "one"}\nnot json\n{"other": 1}\n\n{"text": "two"}\n[1, 2]\n')
+  counters = corpus.ReadCounters()
+  assert list(corpus.read_documents([str(path)], counters=counters)) == ["one", "two"]
+  assert counters.bad_json == 3 and counters.empty_lines == 1
+
+
+def test_read_documents_missing_file():
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    list(corpus.read_documents(["/nonexistent/file.txt"]))
+
+
+def test_write_documents_is_reproducible(tmp_path):
+  a, b = tmp_path / "a.txt.gz", tmp_path / "b.txt.gz"
+  corpus.write_documents(str(a), ["x y", "z"])
+  corpus.write_documents(str(b), ["x y", "z"])
+  assert a.read_bytes() == b.read_bytes()
+  with pytest.raises(ValueError, match="newline"):
+    corpus.write_documents(str(a), ["two\nlines"])
+
+
+def test_builtin_assets_small_and_split_by_book():
+  manifest = corpus.builtin_manifest()
+  train = {b["book"] for b in manifest["splits"]["train"]["books"]}
+  validation = {b["book"] for b in manifest["splits"]["validation"]["books"]}
+  assert train and validation and not train & validation
+  assert "historical_documents/doctrina_christiana.txt" not in train | validation
+  total = sum(os.path.getsize(os.path.join(corpus.BUILTIN_DIR, f))
+              for f in os.listdir(corpus.BUILTIN_DIR))
+  assert 2e6 < total < 6e6
+  for split in corpus.BUILTIN_SPLITS:
+    counters = corpus.ReadCounters()
+    docs = list(corpus.read_documents([corpus.builtin_file(split)], counters=counters))
+    assert len(docs) == manifest["splits"][split]["documents"]
+    assert counters.invalid_utf8 == 0 and counters.empty_lines == 0
+    text = "\n".join(docs)
+    assert "gutenberg" not in text.lower()
+    assert "*** START OF" not in text and "*** END OF" not in text
+    assert "\r" not in text and "\ufeff" not in text
+
+
+@pytest.mark.skipif(not os.path.isdir(SOURCE), reason="needs ../shared/data/gutenberg")
+def test_builtin_validation_split_regenerates_from_source():
+  manifest = corpus.builtin_manifest()
+  expected = []
+  for entry in manifest["splits"]["validation"]["books"]:
+    with open(os.path.join(SOURCE, entry["book"]), encoding="utf-8") as f:
+      expected += corpus.gutenberg_documents(f.read())
+  assert list(corpus.read_documents([corpus.builtin_file("validation")])) == expected
+
+
+def test_builtin_file_errors():
+  with pytest.raises(ValueError, match="Unknown split"):
+    corpus.builtin_file("test")
