@@ -14,6 +14,7 @@ gcloud commands instead of running them.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -39,6 +40,8 @@ _QUEUED = flags.DEFINE_bool("queued", False, "Create through a queued resource (
 _SPOT = flags.DEFINE_bool("spot", False, "Spot (preemptible) capacity; resume is automatic.")
 _STEPS = flags.DEFINE_list("steps", ["create", "install", "train"], f"Subset of {STEPS}.")
 _JAX_SPEC = flags.DEFINE_string("jax_spec", "jax[tpu]", "pip requirement for JAX on the workers.")
+_ENV = flags.DEFINE_multi_string("env", [], "KEY=VALUE exported on every worker before training, "
+                                  "e.g. TFDS_DATA_DIR=gs://BUCKET/tensorflow_datasets.")
 _BACKGROUND = flags.DEFINE_bool("background", False, "Start training under nohup (log in "
                                 "~/glm_jax_train.log on each worker) and return.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands; run nothing.")
@@ -85,12 +88,17 @@ def install_commands(tpu: str, zone: str, project: str = None, repo: str = REPO_
 
 
 def train_command(tpu: str, zone: str, train_args: Sequence[str], project: str = None,
-                  background: bool = False) -> List[str]:
+                  background: bool = False, env: Sequence[str] = ()) -> List[str]:
   """The same glm_jax.train command on all workers (one process per host, all its chips)."""
+  for item in env:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", item):
+      raise ValueError(f"--env {item!r} is not KEY=VALUE.")
+  exports = "".join(f"export {k}={shlex.quote(v)} && "
+                    for k, v in (item.split("=", 1) for item in env))
   train = f"python3 -m glm_jax.train --multihost_auto {shlex.join(train_args)}"
   if background:
     train = f"nohup {train} > ~/glm_jax_train.log 2>&1 &"
-  return ssh_all(tpu, zone, f"cd ~/glm_jax && {train}", project)
+  return ssh_all(tpu, zone, f"cd ~/glm_jax && {exports}{train}", project)
 
 
 def delete_commands(tpu: str, zone: str, project: str = None, queued: bool = False
@@ -105,8 +113,8 @@ def delete_commands(tpu: str, zone: str, project: str = None, queued: bool = Fal
 def plan_commands(steps: Sequence[str], tpu: str, zone: str, train_args: Sequence[str], *,
                   project: str = None, accelerator_type: str = "v5litepod-64",
                   runtime_version: str = "v2-alpha-tpuv5-lite", queued: bool = False,
-                  spot: bool = False, jax_spec: str = "jax[tpu]", background: bool = False
-                  ) -> List[List[str]]:
+                  spot: bool = False, jax_spec: str = "jax[tpu]", background: bool = False,
+                  env: Sequence[str] = ()) -> List[List[str]]:
   """Every command of the chosen steps, in order."""
   unknown = [s for s in steps if s not in STEPS]
   if unknown:
@@ -126,7 +134,7 @@ def plan_commands(steps: Sequence[str], tpu: str, zone: str, train_args: Sequenc
     elif step == "install":
       commands += install_commands(tpu, zone, project, jax_spec=jax_spec)
     elif step == "train":
-      commands.append(train_command(tpu, zone, train_args, project, background))
+      commands.append(train_command(tpu, zone, train_args, project, background, env))
     else:
       commands += delete_commands(tpu, zone, project, queued)
   return commands
@@ -151,7 +159,7 @@ def main(argv):
         _STEPS.value, _TPU.value, _ZONE.value, argv[1:], project=_PROJECT.value,
         accelerator_type=_ACCELERATOR.value, runtime_version=_RUNTIME.value,
         queued=_QUEUED.value, spot=_SPOT.value, jax_spec=_JAX_SPEC.value,
-        background=_BACKGROUND.value)
+        background=_BACKGROUND.value, env=_ENV.value)
   except ValueError as e:
     print(f"Error: {e}", file=sys.stderr)
     sys.exit(2)

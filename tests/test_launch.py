@@ -123,3 +123,17 @@ def test_slurm_worker_per_node_and_missing_environment():
   missing = _launch("slurm_gpu.py", "--worker", "--dry_run", "--", *TRAIN_ARGS)
   assert missing.returncode == 2 and "SLURM_JOB_NODELIST" in missing.stderr
   assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_tpu_pod_exports_environment_and_backgrounds_training():
+  commands = _lines(_launch("tpu_pod.py", "--dry_run", "--tpu=n", "--zone=z", "--steps=train",
+                            "--env=TFDS_DATA_DIR=gs://bucket/tensorflow_datasets", "--background",
+                            "--", *TRAIN_ARGS))
+  remote = commands[0][-1]
+  assert remote.startswith("--command=cd ~/glm_jax && export "
+                           "TFDS_DATA_DIR=gs://bucket/tensorflow_datasets && nohup python3 -m "
+                           "glm_jax.train --multihost_auto ")
+  assert remote.endswith("> ~/glm_jax_train.log 2>&1 &")
+  bad = _launch("tpu_pod.py", "--dry_run", "--tpu=n", "--zone=z", "--steps=train", "--env=1X",
+                "--", *TRAIN_ARGS)
+  assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
