@@ -1,0 +1,165 @@
+"""End to end through `python -m glm_jax.train`: metrics, resume after kill -9, SIGTERM, init, NaN."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from glm_jax import checkpoints
+
+from conftest import REPO_ROOT, multi_device_env, run_module, write_tiny_gin
+
+pytestmark = pytest.mark.slow
+
+STEPS = 40
+RUN_GIN = f"""
+TRAIN_STEPS = {STEPS}
+CHECKPOINT_PERIOD = 3
+KEEP_CHECKPOINTS = 2
+EVAL_PERIOD = 20
+EVAL_STEPS = 2
+model.GLMConfig.embedding_dropout = 0.1
+model.GLMConfig.hidden_dropout = 0.1
+"""
+
+
+def _train_args(gin_file, model_dir, *extra):
+  return [f"--gin_file={gin_file}", f"--gin.MODEL_DIR={model_dir}", *extra]
+
+
+def _metrics(model_dir):
+  with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _final_digest(model_dir):
+  rows = checkpoints.describe(str(model_dir))
+  return rows[-1]["step"], rows[-1]["sha256"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """One uninterrupted run: (gin file, model dir, CompletedProcess)."""
+  root = tmp_path_factory.mktemp("reference")
+  gin_file = write_tiny_gin(root, RUN_GIN)
+  model_dir = root / "run"
+  result = run_module("glm_jax.train", _train_args(gin_file, model_dir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return gin_file, model_dir, result
+
+
+def test_run_writes_metrics_configs_tensorboard_and_checkpoints(reference_run):
+  gin_file, model_dir, _ = reference_run
+  records = _metrics(model_dir)
+  train = [r for r in records if "loss" in r]
+  evals = [r for r in records if "eval/loss" in r]
+  assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+  for key in ("learning_rate", "grad_norm", "tokens_per_second", "mfu", "accuracy"):
+    assert key in train[-1]
+  assert train[-1]["tokens_per_second"] > 0 and 0 < train[-1]["mfu"] < 1
+  assert [r["step"] for r in evals] == [20, 40]
+  assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+  assert sum(r["loss"] for r in train[-5:]) < sum(r["loss"] for r in train[:5]) - 0.5
+  operative = open(os.path.join(model_dir, "operative_config.gin")).read()
+  assert "train.train_steps = 40" in operative.replace("train.train_steps = %TRAIN_STEPS",
+                                                       "train.train_steps = 40") or \
+      "TRAIN_STEPS = 40" in operative
+  assert os.listdir(os.path.join(model_dir, "tensorboard"))
+  rows = checkpoints.describe(str(model_dir))
+  assert [r["step"] for r in rows] == [39, 40]  # every 3 steps and the last, keep 2
+  # Same command again: already finished, nothing changes.
+  again = run_module("glm_jax.train", _train_args(gin_file, model_dir))
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert "nothing to train" in again.stdout
+  assert _final_digest(model_dir) == (rows[-1]["step"], rows[-1]["sha256"])
+
+
+def _start(gin_file, model_dir):
+  return subprocess.Popen([sys.executable, "-m", "glm_jax.train",
+                           *_train_args(gin_file, model_dir)], cwd=REPO_ROOT,
+                          env=multi_device_env(1), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(proc, model_dir, step, timeout=240):
+  path = os.path.join(model_dir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(path):
+      with open(path) as f:
+        steps = [json.loads(l).get("step", 0) for l in f if l.endswith("\n")]
+      if steps and max(steps) >= step:
+        return max(steps)
+    time.sleep(0.005)
+  raise AssertionError(f"run did not reach step {step}: {proc.poll()} "
+                       f"{proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
+
+
+def test_kill_9_then_resume_is_bitwise_identical(reference_run, tmp_path):
+  gin_file, reference_dir, _ = reference_run
+  kill_at = random.Random(os.getpid()).randint(2, STEPS - 10)
+  model_dir = tmp_path / "killed"
+  proc = _start(gin_file, model_dir)
+  reached = _wait_for_step(proc, model_dir, kill_at)
+  os.kill(proc.pid, signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  steps_after_kill = [r["step"] for r in checkpoints.describe(str(model_dir))]
+  assert not steps_after_kill or max(steps_after_kill) < STEPS, (reached, steps_after_kill)
+  result = run_module("glm_jax.train", _train_args(gin_file, model_dir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _final_digest(model_dir) == _final_digest(reference_dir), f"killed at {reached}"
+  # The resumed run's log has each step once and the same losses as the reference.
+  losses = {r["step"]: r["loss"] for r in _metrics(model_dir) if "loss" in r}
+  reference = {r["step"]: r["loss"] for r in _metrics(reference_dir) if "loss" in r}
+  assert losses == reference
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  gin_file = write_tiny_gin(tmp_path, RUN_GIN + "TRAIN_STEPS = 100000\nCHECKPOINT_PERIOD = 1000\n")
+  model_dir = tmp_path / "run"
+  proc = _start(gin_file, model_dir)
+  _wait_for_step(proc, model_dir, 3)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  saved = int(out.split("SIGTERM: saved step ")[1].split(";")[0])
+  assert [r["step"] for r in checkpoints.describe(str(model_dir))] == [saved]
+
+
+def test_init_checkpoint_starts_from_given_params(reference_run, tmp_path):
+  gin_file, reference_dir, _ = reference_run
+  params, config, vocab, _ = checkpoints.load_params(str(reference_dir))
+  init = checkpoints.save_params_checkpoint(str(tmp_path / "init"), params, config, vocab)
+  model_dir = tmp_path / "finetune"
+  result = run_module("glm_jax.train", _train_args(
+      gin_file, model_dir, f"--gin.INIT_CHECKPOINT={init}", "--gin.TRAIN_STEPS=2",
+      "--gin.EVAL_PERIOD=0"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Initialised parameters from" in result.stdout
+  first_fresh = _metrics(reference_dir)[0]["loss"]
+  first_init = _metrics(model_dir)[0]["loss"]
+  assert first_init < first_fresh - 0.5  # trained params, fresh optimizer at step 0
+  assert _metrics(model_dir)[0]["step"] == 1
+
+
+def test_nan_stop_keeps_the_last_good_checkpoint_and_skip_carries_on(tmp_path):
+  gin_file = write_tiny_gin(tmp_path, "LEARNING_RATE = 1e30\nWARMUP_STEPS = 0\n"
+                            "CHECKPOINT_PERIOD = 1\nTRAIN_STEPS = 4\nCLIP_NORM = None\n")
+  stop_dir = tmp_path / "stop"
+  result = run_module("glm_jax.train", _train_args(gin_file, stop_dir, "--gin.NAN_ACTION='stop'"))
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("Error: Non-finite loss") and "last checkpoint: step 1" in last
+  assert [r["step"] for r in checkpoints.describe(str(stop_dir))] == [1]
+
+  skip_dir = tmp_path / "skip"
+  result = run_module("glm_jax.train", _train_args(gin_file, skip_dir))
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = checkpoints.describe(str(skip_dir))
+  assert rows[-1]["step"] == 4 and rows[-1]["sha256"] == rows[0]["sha256"]
+  assert "Skipped" in result.stdout + result.stderr
