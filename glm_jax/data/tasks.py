@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import re
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import gin
@@ -94,6 +95,7 @@ class GLMTask:
   corpus: CorpusSpec
   mix: ObjectiveMix
   vocabulary_spec: str = "builtin"
+  seqio_name: str = ""  # The seqio registry name ('text:PATH' names are hashed into one).
 
   @property
   def vocabulary(self):
@@ -157,7 +159,10 @@ def _text_to_targets(dataset: tf.data.Dataset, text_key: str = "text") -> tf.dat
 
 def register_task(name: str, corpus_spec: CorpusSpec, mix: ObjectiveMix,
                   vocabulary_spec: str = "builtin") -> GLMTask:
-  """Registers (or re-registers) a seqio Task and its GLMTask description."""
+  """Registers (or re-registers) a seqio Task and its GLMTask description.
+
+  Names seqio does not accept (paths in 'text:PATH') get a hashed seqio name, `.seqio_name`.
+  """
   vocabulary = vocab_lib.get_vocabulary(vocabulary_spec)
   special = vocabulary.special
   preprocessors = []
@@ -172,12 +177,16 @@ def register_task(name: str, corpus_spec: CorpusSpec, mix: ObjectiveMix,
       functools.partial(objectives.blank_infilling, special_tokens=special,
                         **mix.objective_kwargs()),
   ]
-  if name in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.remove(name)
+  seqio_name = name
+  if not re.fullmatch(r"[\w.:#]+", name):
+    seqio_name = "text_" + hashlib.sha1(name.encode()).hexdigest()[:16]
+  if seqio_name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(seqio_name)
   seqio.TaskRegistry.add(
-      name, source=_document_source(corpus_spec), preprocessors=preprocessors,
+      seqio_name, source=_document_source(corpus_spec), preprocessors=preprocessors,
       output_features={"targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)})
-  task = GLMTask(name=name, corpus=corpus_spec, mix=mix, vocabulary_spec=vocabulary_spec)
+  task = GLMTask(name=name, corpus=corpus_spec, mix=mix, vocabulary_spec=vocabulary_spec,
+                 seqio_name=seqio_name)
   _GLM_TASKS[name] = task
   return task
 
@@ -203,11 +212,6 @@ def register_text_task(name: str, train_files: Sequence[str],
                     validation_files=tuple(validation_files), text_key=text_key)
   register_task(name, spec, MIXES[mix], vocabulary)
   return name
-
-
-def corpus_fingerprint(spec: CorpusSpec) -> str:
-  """A short hash naming the corpus files (for cache keys and logs)."""
-  return hashlib.sha1(repr(spec).encode()).hexdigest()[:12]
 
 
 def _register_builtin() -> None:

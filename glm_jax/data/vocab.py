@@ -55,7 +55,6 @@ class GLMVocabulary(seqio.Vocabulary):
     with open(sentencepiece_model_file, "rb") as f:
       self._model_proto = f.read()
     self._sp = spm.SentencePieceProcessor(model_proto=self._model_proto)
-    self._tf_tokenizer = None
     pieces = [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
     ids = {}
     for role, piece in ROLE_PIECES.items():
@@ -73,7 +72,6 @@ class GLMVocabulary(seqio.Vocabulary):
   def __getstate__(self):
     state = self.__dict__.copy()
     state["_sp"] = None
-    state["_tf_tokenizer"] = None
     return state
 
   def __setstate__(self, state):
@@ -140,11 +138,9 @@ class GLMVocabulary(seqio.Vocabulary):
 
   @property
   def tf_tokenizer(self):
-    if self._tf_tokenizer is None:
-      import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
-      self._tf_tokenizer = tf_text.SentencepieceTokenizer(model=self._model_proto,
-                                                          out_type=tf.int32)
-    return self._tf_tokenizer
+    """A new TF tokenizer (not cached: its resources belong to the graph that makes it)."""
+    import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
+    return tf_text.SentencepieceTokenizer(model=self._model_proto, out_type=tf.int32)
 
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
     return self.tf_tokenizer.tokenize(s)
@@ -186,13 +182,7 @@ class WordPieceVocabulary(seqio.Vocabulary):
         mask=index["[MASK]"], sep=index["[SEP]"], sop=n, eop=n + 1, gmask=n + 2,
         smask=n + 3, dblock=n + 4,
         sentence_end_ids=tuple(index[c] for c in SENTENCE_END_CHARS if c in index))
-    self._tokenizer = None
     super().__init__(extra_ids=0)
-
-  def __getstate__(self):
-    state = self.__dict__.copy()
-    state["_tokenizer"] = None
-    return state
 
   def __eq__(self, other):
     return isinstance(other, WordPieceVocabulary) and self._tokens == other._tokens
@@ -233,16 +223,14 @@ class WordPieceVocabulary(seqio.Vocabulary):
 
   @property
   def tokenizer(self):
-    if self._tokenizer is None:
-      import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
-      table = tf.lookup.StaticVocabularyTable(
-          tf.lookup.KeyValueTensorInitializer(
-              self._tokens[:self.special.sop],
-              tf.range(self.special.sop, dtype=tf.int64)), num_oov_buckets=1)
-      self._tokenizer = tf_text.BertTokenizer(
-          table, token_out_type=tf.int64, lower_case=self._lower_case,
-          unknown_token="[UNK]")
-    return self._tokenizer
+    """A new TF BertTokenizer (not cached: its table belongs to the graph that makes it)."""
+    import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
+    table = tf.lookup.StaticVocabularyTable(
+        tf.lookup.KeyValueTensorInitializer(
+            self._tokens[:self.special.sop], tf.range(self.special.sop, dtype=tf.int64)),
+        num_oov_buckets=1)
+    return tf_text.BertTokenizer(table, token_out_type=tf.int64, lower_case=self._lower_case,
+                                 unknown_token="[UNK]")
 
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
     pieces = self.tokenizer.tokenize(tf.reshape(s, [-1]))  # [1, words, wordpieces]

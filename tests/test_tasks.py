@@ -1,0 +1,90 @@
+"""Seqio task registration: builtin mixes, TFDS corpora, local text tasks, output layout."""
+
+import os
+
+import numpy as np
+import pytest
+import seqio
+
+from glm_jax.data import tasks
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+TINY = os.path.join(DATA, "tiny_corpus.txt")
+
+
+def test_registered_names():
+  names = seqio.TaskRegistry.names()
+  for name in ("glm_builtin", "glm_builtin_doc", "glm_builtin_sent", "glm_builtin_2b",
+               "glm_builtin_10b", "glm_builtin_token", "glm_builtin_sentence",
+               "glm_builtin_document", "glm_wikipedia", "glm_c4", "glm_bookcorpus"):
+    assert name in names, name
+    assert tasks.glm_task(name).vocabulary_spec == "builtin"
+  assert "glm_wiki_books" in seqio.MixtureRegistry.names()
+
+
+def test_published_mixes():
+  assert tasks.glm_task("glm_builtin").mix.objective_probs == (1.0, 0.0, 0.0)
+  assert tasks.glm_task("glm_builtin_doc").mix.objective_probs == (0.5, 0.0, 0.5)
+  assert tasks.glm_task("glm_builtin_sent").mix.objective_probs == (0.5, 0.5, 0.0)
+  for name, probs in (("glm_builtin_2b", (0.4, 0.3, 0.3)), ("glm_builtin_10b", (0.5, 0.3, 0.2))):
+    mix = tasks.glm_task(name).mix
+    assert mix.objective_probs == probs
+    assert (mix.doc_min_ratio, mix.block_mask_prob, mix.short_seq_prob) == (0.25, 0.1, 0.02)
+  assert tasks.glm_task("glm_builtin").mix.doc_min_ratio == 0.5
+  assert tasks.glm_task("glm_builtin_document").mix.raw_length(512) == 511
+  assert tasks.glm_task("glm_builtin").mix.raw_length(512) < 512
+
+
+def _check_layout(ex, special, length):
+  n = len(ex["tokens"])
+  sep = int(ex["sep"])
+  assert n <= length and ex["positions"].shape == (2, n)
+  assert ex["tokens"][0] == special.cls
+  assert not ex["loss_weights"][:sep].any() and ex["loss_weights"][sep:].all()
+  assert not ex["positions"][1, :sep].any()
+  assert (ex["positions"][0, :sep] == np.arange(sep)).all()
+  if n > sep:
+    assert ex["tokens"][sep] == special.sop
+
+
+def test_text_task_yields_layout(tmp_path):
+  name = tasks.register_text_task("test_tiny_text", train_files=[TINY], mix="2b")
+  task = seqio.get_mixture_or_task(name)
+  special = tasks.glm_task(name).vocabulary.special
+  ds = task.get_dataset({"targets": 64}, split="train", shuffle=False, seed=1)
+  examples = list(ds.take(12).as_numpy_iterator())
+  assert len(examples) == 12
+  for ex in examples:
+    _check_layout(ex, special, 64)
+  assert {int(ex["objective"]) for ex in examples} > {0}
+
+
+def test_builtin_task_yields_layout():
+  task = seqio.get_mixture_or_task("glm_builtin")
+  special = tasks.glm_task("glm_builtin").vocabulary.special
+  ds = task.get_dataset({"targets": 128}, split="validation", shuffle=False, seed=0)
+  for ex in ds.take(3).as_numpy_iterator():
+    _check_layout(ex, special, 128)
+    assert int(ex["objective"]) == 0 and int(ex["num_spans"]) >= 1
+
+
+def test_holdout_split_partitions_documents():
+  spec = tasks.glm_task(tasks.register_text_task("test_holdout", [TINY])).corpus
+  train = list(tasks.read_split_documents(spec, "train"))
+  validation = list(tasks.read_split_documents(spec, "validation"))
+  everything = [line.strip() for line in open(TINY) if line.strip()]
+  assert len(validation) == len(everything) // tasks.HOLDOUT_EVERY
+  assert sorted(train + validation) == sorted(everything)
+
+
+def test_text_name_registers_on_demand_and_errors(tmp_path):
+  path = tmp_path / "docs.jsonl"
+  path.write_text('{"text": "One sentence. Two sentences."}\n')
+  task = tasks.glm_task(f"text:{path}")
+  assert task.corpus.train_files == (str(path),) and task.mix == tasks.MIXES["base"]
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    tasks.glm_task("text:/nonexistent/file.txt")
+  with pytest.raises(ValueError, match="not a GLM task"):
+    tasks.glm_task("no_such_task")
+  with pytest.raises(ValueError, match="Unknown objective mix"):
+    tasks.register_text_task("bad_mix", [str(path)], mix="3b")
