@@ -185,6 +185,16 @@ def load_params(path: str, abstract_params=None) -> Tuple[Any, GLMConfig, str, i
 def _restore_params_from_state(state_path: str, abstract_params=None):
   """Only the params subtree of a saved TrainState (optimizer state is not read)."""
   checkpointer = ocp.PyTreeCheckpointer()
+  # The state item sits inside a step directory, so orbax warns that it has no step metadata.
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    return _restore_params_subtree(checkpointer, state_path, abstract_params)
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def _restore_params_subtree(checkpointer, state_path: str, abstract_params):
   metadata = checkpointer.metadata(state_path)
   tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
   params_meta = tree[PARAMS_ITEM]

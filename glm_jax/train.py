@@ -127,20 +127,6 @@ class _Preemption:
     return bool(np.any(flags_all))
 
 
-def evaluate(trainer: trainer_lib.Trainer, params, batches) -> Dict[str, float]:
-  """Sums {name: (numerator, denominator)} over global batches; returns eval/name ratios."""
-  totals = None
-  for batch in batches:
-    metrics = trainer.eval_step(params, batch)
-    totals = metrics if totals is None else jax.tree_util.tree_map(
-        lambda a, b: a + b, totals, metrics)
-  if totals is None:
-    raise ValueError("The evaluation input yielded no batches; check the eval split/steps.")
-  totals = _fetch(totals)
-  return {f"eval/{name}": float(num) / max(float(den), 1e-9)
-          for name, (num, den) in totals.items()}
-
-
 @gin.configurable
 def print_sample_fill(params, config, vocab_spec: str,
                       text: str = "The old man looked at the [MASK] and smiled.",
@@ -274,7 +260,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
         pending, window_start = [], now
       bar.update(1, scalars)
       if eval_batches is not None and (state_step % eval_period == 0 or is_last):
-        results = evaluate(trainer, state.params, eval_batches)
+        results = trainer_lib.evaluate(trainer.eval_step, state.params, eval_batches)
         writer.write(state_step, results)
         bar.write(f"step {state_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in
                                                      sorted(results.items())))

@@ -86,9 +86,7 @@ class Trainer:
                                in_shardings=(self.state_shardings, batch_sharding),
                                out_shardings=(self.state_shardings, replicated),
                                donate_argnums=(0,))
-    self._eval_step = jax.jit(self._eval_step_fn,
-                              in_shardings=(self.param_shardings, batch_sharding),
-                              out_shardings=replicated)
+    self._eval_step = make_eval_step(model, partitioner, self.param_shardings)
 
   # Everything traced runs under the mesh and the logical-axis rules.
   def _traced(self, fn, *args):
@@ -109,7 +107,7 @@ class Trainer:
 
   def eval_step(self, params, batch) -> Dict[str, tuple]:
     """{name: (numerator, denominator)} of one global evaluation batch."""
-    return self._traced(self._eval_step, params, batch)
+    return self._eval_step(params, batch)
 
   def _init_fn(self, rng):
     params = self.model.init_params(rng)
@@ -187,5 +185,29 @@ class Trainer:
         metrics[name] = num / jnp.where(den > 0, den, 1.0)
     return new_state, metrics
 
-  def _eval_step_fn(self, params, batch):
-    return self.model.eval_fn(params, batch)
+
+def make_eval_step(model: BaseModel, partitioner: partitioning.Partitioner, param_shardings=None):
+  """Jitted eval_fn(params, batch) -> {name: (numerator, denominator)} on the mesh."""
+  if param_shardings is None:
+    param_shardings = partitioner.param_shardings(model.abstract_params())
+  jitted = jax.jit(model.eval_fn, in_shardings=(param_shardings, partitioner.batch_sharding()),
+                   out_shardings=partitioner.replicated())
+
+  def eval_step(params, batch):
+    with jax.set_mesh(partitioner.mesh), partitioner.axis_rules():
+      return jitted(params, batch)
+
+  return eval_step
+
+
+def evaluate(eval_step: Callable, params, batches) -> Dict[str, float]:
+  """Sums {name: (numerator, denominator)} over global batches; returns {eval/name: ratio}."""
+  totals = None
+  for batch in batches:
+    metrics = eval_step(params, batch)
+    totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
+  if totals is None:
+    raise ValueError("The evaluation input yielded no batches; check the split and EVAL_STEPS.")
+  totals = jax.device_get(totals)
+  return {f"eval/{name}": float(num) / max(float(den), 1e-9)
+          for name, (num, den) in totals.items()}
