@@ -245,7 +245,7 @@ def plan_train_step(model, mesh_config, batch_size: int, seq_len: int, *,
       "xla_bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0)),
   }
   report = {
-      "model": {k: v for k, v in config.to_dict().items()},
+      "model": config.to_dict(),
       "num_params": sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state.params)),
       "mesh": dict(zip(partitioning.MESH_AXES, partitioner.mesh.devices.shape)),
       "num_devices": num_devices,
