@@ -116,8 +116,12 @@ def _examples(task: tasks_lib.GLMTask, split: str, sequence_length: int, seed: i
   for k in range(count):
     sample = table[k % table.num_samples]
     seed_k = tf.random.experimental.stateless_fold_in(base, k)
-    ex = make(tf.constant(sample), tf.cast(seed_k, tf.int64))
-    yield {key: value.numpy() for key, value in ex.items()} | {"raw_length": len(sample)}
+    ex = {key: value.numpy() for key, value in
+          make(tf.constant(sample), tf.cast(seed_k, tf.int64)).items()}
+    # Raw length after the short_seq re-cut: Part A minus masks plus the span tokens.
+    ex["raw_length"] = int(ex["sep"]) - int(ex["num_spans"]) + int(ex["num_masked"])
+    ex["sample"] = sample
+    yield ex
 
 
 def objective_stats(examples: Sequence[Dict[str, np.ndarray]], sop: int) -> dict:

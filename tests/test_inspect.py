@@ -1,0 +1,95 @@
+"""inspect: decoded Part A / Part B, --stats JSON, one-line CLI errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from glm_jax.data import inspect as inspect_lib
+from glm_jax.data import tasks
+
+TINY = os.path.join(os.path.dirname(__file__), "data", "tiny_corpus.txt")
+KEYS = {"masked_fraction_mean", "masked_fraction_std", "span_length_hist",
+        "spans_per_sample_mean", "length_mean"}
+
+
+@pytest.fixture(scope="module")
+def task_name():
+  return tasks.register_text_task("inspect_tiny", train_files=[TINY], mix="sent")
+
+
+def test_examples_show_parts(task_name):
+  text = inspect_lib.show_examples(task_name, "train", 4, 96, seed=1, objective="token")
+  assert text.count("=== example") == 4
+  assert text.count("Part A: [CLS]") == 4 and text.count("Part B:") == 4
+  assert "[MASK]" in text and "<eop>" in text and "[pos " in text
+  assert '"invalid_utf8": 0' in text  # counters are reported
+
+
+def _reassemble(ex, spans):
+  """Part A with each mask replaced by its span's tokens (read from the targets)."""
+  by_position = {}
+  for span in spans:
+    targets = ex["targets"][span["start"]:span["end"]]
+    by_position[span["position"]] = targets[:span["length"]]
+  out = []
+  for i, token in enumerate(ex["tokens"][:int(ex["sep"])]):
+    out.extend(by_position[i].tolist() if i in by_position else [int(token)])
+  return out
+
+
+@pytest.mark.parametrize("objective", ["token", "sentence", "document"])
+def test_part_a_and_b_reassemble_the_sample(task_name, objective):
+  task = tasks.glm_task(task_name)
+  sop = task.vocabulary.special.sop
+  for ex in inspect_lib._examples(task, "train", 96, 0, 12, objective):  # pylint: disable=protected-access
+    spans = inspect_lib.part_b_spans(ex, sop)
+    assert len(spans) == ex["num_spans"]
+    assert sum(s["length"] for s in spans) == ex["num_masked"]
+    assert _reassemble(ex, spans) == ex["sample"][:ex["raw_length"]].tolist()
+
+
+def test_stats_token_objective(task_name):
+  result = inspect_lib.stats(task_name, "train", 40, 128, objective="token")
+  assert KEYS <= result.keys() and result["objective"] == "token"
+  hist = np.asarray(result["span_length_hist"])
+  assert len(hist) == 40 and abs(hist.sum() - 1) < 1e-6
+  assert 0.12 < result["masked_fraction_mean"] < 0.2
+  assert result["spans_per_sample_mean"] > 1 and result["length_mean"] <= 128
+  assert result["counters"]["samples"]["samples"] > 0
+
+
+def test_stats_per_objective_of_the_mix(task_name):
+  result = inspect_lib.stats(task_name, "train", 8, 96)
+  assert set(result) == {"token", "sentence", "counters"}
+  for objective in ("token", "sentence"):
+    assert KEYS <= result[objective].keys()
+
+
+def test_cli_stats_prints_one_json_object():
+  result = subprocess.run(
+      [sys.executable, "-m", "glm_jax.data.inspect", f"--task=text:{TINY}", "--stats=6",
+       "--objective=document", "--sequence_length=64"],
+      capture_output=True, text=True, timeout=180)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.strip().splitlines()
+  assert len(lines) == 1
+  data = json.loads(lines[0])
+  assert KEYS <= data.keys() and data["spans_per_sample_mean"] == 1.0
+  assert 0.45 < data["masked_fraction_mean"] <= 1.0
+
+
+def test_cli_unknown_task_is_one_line(capsys):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS(["inspect", "--task=no_such_task"])
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      inspect_lib.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "not a GLM task" in err[0]
