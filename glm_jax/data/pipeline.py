@@ -115,7 +115,7 @@ def _in_memory_batches(task: tasks_lib.GLMTask, split: str, *, sequence_length: 
     while num_batches is None or i < start_batch + num_batches:
       first = (i * batch_size + shard_index * rows) * per_row
       k = np.arange(first, first + rows * per_row, dtype=np.int64)
-      valid = ~one_pass | (k < n)
+      valid = k < n if one_pass else np.ones(len(k), bool)
       idx = order(np.where(valid, k, 0))
       for j in range(len(k)):
         yield k[j], table[idx[j]], valid[j]
