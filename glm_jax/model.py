@@ -177,17 +177,23 @@ class SelfAttention(nn.Module):
     act = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
     q, k, v = _constrain(q, act), _constrain(k, act), _constrain(v, act)
 
-    if decode:
-      k, v, mask = self._update_cache(k, v, sep, mask)
-
     # The reference scales the keys: q @ (k / sqrt(d))^T.
     k = k * jnp.asarray(1.0 / math.sqrt(d), dtype)
-    scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
+    if decode:
+      # Cached keys are [batch, heads, head_dim, length] and values [batch, heads, length,
+      # head_dim], the layouts the two dots read, so no step re-lays-out the whole cache.
+      k, v, mask = self._update_cache(k, v, sep, mask)
+      scores = jnp.einsum("bqnd,bndk->bnqk", q, k, preferred_element_type=jnp.float32)
+    else:
+      scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(mask[:, None, :, :], scores, MASK_FILL)
     probs = jax.nn.softmax(scores, axis=-1)  # float32
     if not deterministic and cfg.attention_dropout > 0:
       probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
-    out = jnp.einsum("bnqk,bknd->bqnd", probs.astype(dtype), v)
+    if decode:
+      out = jnp.einsum("bnqk,bnkd->bqnd", probs.astype(dtype), v)
+    else:
+      out = jnp.einsum("bnqk,bknd->bqnd", probs.astype(dtype), v)
     out = _constrain(out, act)
 
     out_kernel = _param(self, "out_kernel", _normal(out_std), (heads, d, h),
@@ -197,11 +203,13 @@ class SelfAttention(nn.Module):
     return y
 
   def _update_cache(self, k, v, sep, valid):
-    """Appends k/v [B, T, heads, d] to the cache; returns all cached k/v and the mask.
+    """Appends scaled k / v [B, T, heads, d] to the cache; returns the cache and the mask.
 
     valid [B, T] (or None: all) marks the new keys later queries may see; padding is False.
     """
     batch, length = k.shape[0], k.shape[1]
+    k = jnp.transpose(k, (0, 2, 3, 1))  # [batch, heads, head_dim, length]
+    v = jnp.transpose(v, (0, 2, 1, 3))  # [batch, heads, length, head_dim]
     initialized = self.has_variable("cache", "cached_key")
     cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
@@ -213,12 +221,12 @@ class SelfAttention(nn.Module):
       return k, v, attention_mask(index, index, sep)
 
     start = cache_index.value
-    max_length = cached_key.value.shape[1]
+    max_length = cached_key.value.shape[-1]
     new_valid = jnp.ones((batch, length), jnp.bool_) if valid is None else valid.astype(jnp.bool_)
     cached_key.value = jax.lax.dynamic_update_slice(
-        cached_key.value, k.astype(cached_key.value.dtype), (0, start, 0, 0))
+        cached_key.value, k.astype(cached_key.value.dtype), (0, 0, 0, start))
     cached_value.value = jax.lax.dynamic_update_slice(
-        cached_value.value, v.astype(cached_value.value.dtype), (0, start, 0, 0))
+        cached_value.value, v.astype(cached_value.value.dtype), (0, 0, start, 0))
     key_valid.value = jax.lax.dynamic_update_slice(key_valid.value, new_valid, (0, start))
     cache_index.value = start + length
 
@@ -303,8 +311,13 @@ class GLM(nn.Module):
     block_table = _param(self, "block_position_embeddings", _normal(cfg.initializer_std),
                          (cfg.max_sequence_length + 1, cfg.hidden_size), ("positions", "embed"),
                          pdtype)
-    x = (jnp.take(embedding, tokens, axis=0) + jnp.take(pos_table, positions[:, 0], axis=0)
-         + jnp.take(block_table, positions[:, 1], axis=0)).astype(dtype)  # [batch, length, embed]
+    # Look-ups read tables gathered along 'embed' (as FSDP gathers any weight before use), so
+    # their [batch, length, embed] outputs are sharded by batch, not by embed: no resharding.
+    gathered = lambda table, axis: _constrain(table, (axis, None))
+    x = (jnp.take(gathered(embedding, "vocab"), tokens, axis=0)
+         + jnp.take(gathered(pos_table, "positions"), positions[:, 0], axis=0)
+         + jnp.take(gathered(block_table, "positions"), positions[:, 1], axis=0)
+         ).astype(dtype)  # [batch, length, embed]
     x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     x = nn.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
 
