@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any, Dict, Optional, Tuple
@@ -53,11 +54,20 @@ class CheckpointManager:
     self._manager = self._open(keep, async_save)
 
   def _open(self, keep, async_save):
+    self._remove_partial_saves()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-        enable_async_checkpointing=async_save)
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     return ocp.CheckpointManager(self.model_dir, options=options,
                                  item_names=(STATE_ITEM, META_ITEM))
+
+  def _remove_partial_saves(self):
+    """Deletes saves cut short by a kill (orbax's *.orbax-checkpoint-tmp* directories)."""
+    if jax.process_index() != 0:
+      return
+    for name in os.listdir(self.model_dir):
+      if ".orbax-checkpoint-tmp" in name:
+        shutil.rmtree(os.path.join(self.model_dir, name), ignore_errors=True)
+        logging.warning("Removed the partial checkpoint %s.", name)
 
   def all_steps(self):
     return sorted(self._manager.all_steps())
@@ -107,8 +117,10 @@ class CheckpointManager:
     self._manager.wait_until_finished()
 
   def close(self):
-    self._manager.wait_until_finished()
-    self._manager.close()
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+      self._manager.close()
+      self._manager = None
 
 
 def save_params_checkpoint(directory: str, params, config: GLMConfig, vocab_spec: str,
@@ -180,6 +192,23 @@ def load_params(path: str, abstract_params=None) -> Tuple[Any, GLMConfig, str, i
       logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", step_dir,
                       type(e).__name__)
   raise AssertionError("unreachable")
+
+
+def read_config(path: str) -> Tuple[GLMConfig, str, int]:
+  """(config, vocab_spec, step) of the checkpoint load_params(path) would read, without params."""
+  path = os.path.abspath(path)
+  if os.path.exists(os.path.join(path, PARAMS_META_FILE)):
+    with open(os.path.join(path, PARAMS_META_FILE)) as f:
+      meta = json.load(f)
+  elif os.path.isdir(os.path.join(path, STATE_ITEM)):
+    meta = _read_step_meta(path)
+  else:
+    steps = _step_dirs(path) if os.path.isdir(path) else []
+    if not steps:
+      raise FileNotFoundError(f"No checkpoint found in {path!r}; pass a MODEL_DIR with saved "
+                              "steps, a step directory or a params-only checkpoint.")
+    meta = _read_step_meta(steps[-1][1])
+  return GLMConfig.from_dict(meta["glm_config"]), meta["vocab_spec"], int(meta["step"])
 
 
 def _restore_params_from_state(state_path: str, abstract_params=None):

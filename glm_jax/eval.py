@@ -72,6 +72,7 @@ def evaluate_checkpoint(*, checkpoint: str = gin.REQUIRED,
                         mesh_config: partitioning.MeshConfig = partitioning.MeshConfig()
                         ) -> Dict[str, float]:
   """Restores CHECKPOINT, runs the evaluator, writes OUTPUT_DIR/metrics.json, prints a table."""
+  gin_utils.check_required(checkpoint=checkpoint)
   params, config, vocab_spec, step = _load(checkpoint, mesh_config)
   output_dir = output_dir or default_output_dir(checkpoint)
   os.makedirs(output_dir, exist_ok=True)

@@ -55,7 +55,20 @@ def rewrite_gin_args(argv: Sequence[str]) -> List[str]:
 
 
 def search_paths(extra: Sequence[str] = ()) -> List[str]:
-  return [os.getcwd(), REPO_ROOT] + [os.path.abspath(p) for p in extra]
+  paths = []
+  for p in [os.getcwd(), REPO_ROOT] + [os.path.abspath(p) for p in extra]:
+    if p not in paths:
+      paths.append(p)
+  return paths
+
+
+def check_required(**values) -> None:
+  """Raises one line naming the macros (by parameter name) still bound to %gin.REQUIRED."""
+  missing = [name for name, value in values.items() if value is gin.REQUIRED]
+  if missing:
+    macros = ", ".join(name.upper() for name in missing)
+    raise ValueError(f"Required value(s) not set: {macros}; set them in a gin file or on the "
+                     f"command line, e.g. --gin.{missing[0].upper()}=...")
 
 
 def resolve_gin_file(name: str, paths: Sequence[str]) -> str:
@@ -109,9 +122,14 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   try:
     gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=False)
   except FileNotFoundError as e:
-    raise FileNotFoundError(f"A gin include was not found: {one_line(e)}") from None
+    raise FileNotFoundError(f"A gin include was not found: {_first_line(e)}") from None
   except (ValueError, SyntaxError, KeyError, TypeError, ImportError) as e:
-    raise ValueError(f"Gin config error: {one_line(e)}") from None
+    raise ValueError(f"Gin config error: {_first_line(e)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0].strip() if text else type(error).__name__
 
 
 def run(main: Callable, argv: Optional[Sequence[str]] = None) -> None:

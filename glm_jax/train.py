@@ -159,6 +159,12 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
           progress_bar: bool = True, final_hook: Optional[Callable] = None,
           partitioner: Optional[partitioning.Partitioner] = None):
   """Trains `model` to `train_steps`; returns the final TrainState."""
+  gin_utils.check_required(model_dir=model_dir, model=model, train_input=train_input,
+                           mixture_or_task_name=mixture_or_task_name, train_steps=train_steps,
+                           batch_size=batch_size, sequence_length=sequence_length)
+  if init_checkpoint and not os.path.isdir(init_checkpoint):
+    raise FileNotFoundError(f"INIT_CHECKPOINT {init_checkpoint!r} does not exist; pass a "
+                            "params-only checkpoint, a step directory or a MODEL_DIR.")
   if train_steps < 1 or batch_size < 1 or sequence_length < 1:
     raise ValueError("TRAIN_STEPS, BATCH_SIZE and SEQUENCE_LENGTH must be positive.")
   if sequence_length > model.config.max_sequence_length:
@@ -176,6 +182,20 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
   manager = checkpoints.CheckpointManager(model_dir, trainer.abstract_state,
                                           period=checkpoint_period, keep=keep_checkpoints,
                                           async_save=async_checkpoints)
+  try:
+    return _train_loop(**locals())
+  except BaseException:
+    manager.close()
+    raise
+
+
+def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_steps, batch_size,
+                sequence_length, vocab_spec, seed, data_seed, nan_action, pack, init_checkpoint,
+                eval_input, eval_mixture_or_task_name, eval_split, eval_period, eval_steps,
+                eval_batch_size, log_period, progress_bar, final_hook, partitioner, trainer,
+                manager, **unused):
+  """The loop of train(): restore, then step, log, evaluate and save until train_steps."""
+  del unused
   is_chief = jax.process_index() == 0
   if is_chief:
     with open(os.path.join(model_dir, "config.gin"), "w") as f:
@@ -190,8 +210,9 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
     abstract = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=s.sharding),
         trainer.abstract_state.params)
-    params, init_config, _, _ = checkpoints.load_params(init_checkpoint, abstract)
-    _check_compatible(init_config, model.config, init_checkpoint)
+    _check_compatible(checkpoints.read_config(init_checkpoint)[0], model.config,
+                      init_checkpoint)
+    params, _, _, _ = checkpoints.load_params(init_checkpoint, abstract)
     state, next_batch = trainer.state_from_params(params), 0
     _say(f"Initialised parameters from {init_checkpoint}.")
   else:
