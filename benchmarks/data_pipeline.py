@@ -2,6 +2,7 @@
 
   python benchmarks/data_pipeline.py [--raw_length=512] [--seconds=5]
       [--consumed_samples_per_second=X]
+  python benchmarks/data_pipeline.py --reference_stats   # statistics vs the reference
 
 Raw samples are the reference collator's own inputs (`collator_inputs_glm_tiny_a.npz`,
 2000 samples of 512 BERT tokens, cut to --raw_length), held in memory and repeated.
@@ -14,6 +15,7 @@ The model length is max_output_length(raw_length) so nothing is truncated (590 f
 
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 import time
@@ -21,6 +23,13 @@ import time
 from absl import app
 from absl import flags
 import numpy as np
+import seqio
+import tensorflow as tf
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from glm_jax.data import objectives  # pylint: disable=g-import-not-at-top
+from glm_jax.data.feature_converter import GLMFeatureConverter  # pylint: disable=g-import-not-at-top,line-too-long
+from glm_jax.data.special_tokens import BERT_WORDPIECE  # pylint: disable=g-import-not-at-top
 
 _RAW_LENGTH = flags.DEFINE_integer("raw_length", 512, "Raw sample length (<= 512).")
 _SECONDS = flags.DEFINE_float("seconds", 5.0, "Timed seconds per configuration.")
@@ -29,6 +38,10 @@ _PACK = flags.DEFINE_bool("pack", False, "Pack rows (GLMFeatureConverter(pack=Tr
 _CONSUMED = flags.DEFINE_float(
     "consumed_samples_per_second", None,
     "Samples/s the glm_tiny train step consumes; prints pipeline/consumed ratios.")
+_STATS = flags.DEFINE_bool(
+    "reference_stats", False,
+    "Instead of timing: statistics of each objective on all fixture samples next to the "
+    "reference collator's (collator_stats_glm_tiny_a.json).")
 _INPUTS = flags.DEFINE_string(
     "inputs", "/work/shared/fixtures/glm_reference/collator_inputs_glm_tiny_a.npz",
     "npz with `text` int32 [num_samples, 512].")
@@ -45,10 +58,7 @@ MIXES = {
 }
 
 
-def _pipeline(tf, texts, probs, doc_min_ratio, special, length):
-  import seqio  # pylint: disable=g-import-not-at-top
-  from glm_jax.data import objectives  # pylint: disable=g-import-not-at-top
-  from glm_jax.data.feature_converter import GLMFeatureConverter  # pylint: disable=g-import-not-at-top
+def _pipeline(texts, probs, doc_min_ratio, special, length):
   ds = tf.data.Dataset.from_tensor_slices({"targets": texts}).cache().repeat()
   with seqio.map_seed_manager(1234):
     ds = objectives.blank_infilling(ds, sequence_length={"targets": length},
@@ -75,23 +85,62 @@ def _measure(ds, seconds):
   return rows / (time.perf_counter() - start), rows / (time.process_time() - cpu)
 
 
+def _reference_stats(texts, special):
+  """Our statistics on the reference's inputs next to the reference's own."""
+  ref_file = pathlib.Path(_INPUTS.value).with_name("collator_stats_glm_tiny_a.json")
+  modes = json.loads(ref_file.read_text())["modes"]
+  fns = {"token": (objectives.token_infilling, "bert"),
+         "sentence": (objectives.sentence_infilling, "sentence"),
+         "document": (objectives.document_infilling, "gpt")}
+  out = {}
+  for name, (fn, mode) in fns.items():
+    f = tf.function(lambda t, s, fn=fn: fn(t, s, special))
+    ds = tf.data.Dataset.from_tensor_slices(texts).enumerate().map(
+        lambda i, t, f=f: f(t, tf.stack([i, tf.constant(11, tf.int64)])))
+    ours = objectives.layout_statistics(ds.as_numpy_iterator())
+    ref = modes[mode]
+    ref_hist = np.array(ref["span_length"]["histogram_1_to_40_normalized"])
+    out[name] = {
+        "masked_fraction_mean": [round(ours["masked_fraction_mean"], 4),
+                                 round(ref["masked_fraction_of_original_length"]["mean"], 4)],
+        "masked_fraction_std": [round(ours["masked_fraction_std"], 4),
+                                round(ref["masked_fraction_of_original_length"]["std"], 4)],
+        "spans_per_sample_mean": [round(ours["spans_per_sample_mean"], 3),
+                                  round(ref["spans_per_sample"]["mean"], 3)],
+        "span_length_mean": [round(ours["span_length_mean"], 3),
+                             round(ref["span_length"]["mean"], 3)],
+        "span_length_max": [ours["max_span_length"], ref["span_length"]["max"]],
+        "length_mean": [round(ours["length_mean"], 2),
+                        round(ref["sequence_length_after_construction_unpadded"]["mean"], 2)],
+        "suffix_fraction": [ours["suffix_fraction"],
+                            ref.get("fraction_samples_suffix_layout", 0.0)],
+        "span_hist_tvd": round(0.5 * float(np.abs(np.array(ours["span_length_hist"]) -
+                                                  ref_hist).sum()), 4),
+        "redraws": ours["redraws_total"], "unplaced": ours["unplaced_total"],
+    }
+  print(json.dumps({"samples": len(texts), "ours_vs_reference": out}))
+
+
 def main(argv):
   del argv
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from glm_jax.data import objectives  # pylint: disable=g-import-not-at-top
-  from glm_jax.data.special_tokens import BERT_WORDPIECE  # pylint: disable=g-import-not-at-top
-
   special = dataclasses.replace(BERT_WORDPIECE, sentence_end_ids=(1012, 1029, 999, 1025, 1024))
-  texts = np.load(_INPUTS.value)["text"][:, :_RAW_LENGTH.value].astype(np.int32)
+  if not os.path.exists(_INPUTS.value):
+    sys.exit(f"--inputs {_INPUTS.value} does not exist; pass the npz of raw samples "
+             "(collator_inputs_glm_tiny_a.npz in the shared fixtures).")
+  texts = np.load(_INPUTS.value)["text"]
+  if not 8 <= _RAW_LENGTH.value <= texts.shape[1]:
+    sys.exit(f"--raw_length must be between 8 and {texts.shape[1]}, the inputs' length.")
+  texts = texts[:, :_RAW_LENGTH.value].astype(np.int32)
+  if _STATS.value:
+    return _reference_stats(texts, special)
   length = objectives.max_output_length(_RAW_LENGTH.value, "token")
   results = {"raw_length": _RAW_LENGTH.value, "model_length": length, "batch_size": _BATCH.value,
              "pack": _PACK.value, "threads": 1, "samples_per_second": {},
              "samples_per_wall_second": {}}
   for name, (probs, doc_min_ratio) in MIXES.items():
-    ds = _pipeline(tf, texts, probs, doc_min_ratio, special, length)
+    ds = _pipeline(texts, probs, doc_min_ratio, special, length)
     wall, rate = _measure(ds, _SECONDS.value)
     results["samples_per_second"][name] = round(rate, 1)
     results["samples_per_wall_second"][name] = round(wall, 1)

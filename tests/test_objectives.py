@@ -231,7 +231,8 @@ def test_max_spans_cap_and_output_length_rule():
   assert ex["num_spans"] <= 4 and ex["spans_capped"] == 1
   assert objectives.raw_length_for(512) == 444
   assert objectives.max_output_length(444, "token") == 512
-  assert objectives.max_output_length(444, "document") == 445
+  assert objectives.max_output_length(444, "document") == 446
+  assert objectives.raw_length_for(512, ("document",)) == 510
   with pytest.raises(ValueError, match="Unknown objective"):
     objectives.max_output_length(10, "span")
 

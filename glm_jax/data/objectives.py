@@ -19,12 +19,12 @@ All functions are graph-mode pure functions (usable inside `tf.data.Dataset.map`
 same (sample, seed) always gives the same example.
 
 Output length. Token and sentence infilling give N = L + 2 * num_spans; document
-infilling gives N = L + 1. With a fixed model length T the pipeline picks the raw sample
-length `raw_length_for(T)` and caps spans at `default_max_spans(L)` = ceil(L * 0.15 / 2)
-(L = 444 and at most 34 spans for T = 512; the reference at L = 512 never drew more than
-33 token spans or 7 sentences). `blank_infilling` additionally caps spans at
-(T - L) // 2, so an example never exceeds T and Part B is never truncated; a capped draw
-is counted in `spans_capped`.
+infilling gives N = L + 1 (suffix layout) or L + 2 (infill layout). With a fixed model
+length T the pipeline picks the raw sample length `raw_length_for(T)` and caps spans at
+`default_max_spans(L)` = ceil(L * 0.15 / 2) (L = 444 and at most 34 spans for T = 512; the
+reference at L = 512 never drew more than 33 token spans or 7 sentences). With
+`sequence_length` the preprocessors also cap spans at (T - L) // 2, so an example never
+exceeds T and Part B is never truncated; a capped draw is counted in `spans_capped`.
 
 Seqio preprocessors (signatures for the pipeline):
 
@@ -72,7 +72,7 @@ def max_output_length(raw_length: int, objective: str, max_spans: Optional[int] 
   if objective not in OBJECTIVES:
     raise ValueError(f"Unknown objective {objective!r}; use one of {OBJECTIVES}.")
   if objective == "document":
-    return raw_length + 1
+    return raw_length + 2  # infill layout; the suffix layout is raw_length + 1
   if max_spans is None:
     max_spans = default_max_spans(raw_length, mask_ratio)
   return raw_length + 2 * max_spans
