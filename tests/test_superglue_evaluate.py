@@ -1,7 +1,6 @@
 """The SuperGLUE evaluator end to end on the test slices, the seqio tasks and TFDS records."""
 
 import json
-import os
 
 import gin
 import jax
