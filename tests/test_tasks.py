@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import seqio
 
+from glm_jax.data import objectives
 from glm_jax.data import tasks
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -31,8 +32,11 @@ def test_published_mixes():
     assert mix.objective_probs == probs
     assert (mix.doc_min_ratio, mix.block_mask_prob, mix.short_seq_prob) == (0.25, 0.1, 0.02)
   assert tasks.glm_task("glm_builtin").mix.doc_min_ratio == 0.5
-  assert tasks.glm_task("glm_builtin_document").mix.raw_length(512) == 511
-  assert tasks.glm_task("glm_builtin").mix.raw_length(512) < 512
+  document = tasks.glm_task("glm_builtin_document").mix.raw_length(512)
+  assert document == objectives.raw_length_for(512, ("document",))
+  token = tasks.glm_task("glm_builtin").mix.raw_length(512)
+  assert token == objectives.raw_length_for(512, ("token",)) < document < 512
+  assert tasks.glm_task("glm_builtin_2b").mix.raw_length(512) == objectives.raw_length_for(512)
 
 
 def _check_layout(ex, special, length):
