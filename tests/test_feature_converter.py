@@ -108,3 +108,25 @@ def test_model_feature_lengths():
       "tokens": 16, "positions": 16, "sep": 16, "targets": 16, "loss_weights": 16}
   assert "segment_ids" in GLMFeatureConverter(pack=True).get_model_feature_lengths(
       {"targets": 16})
+
+
+def test_packed_attention_equals_per_sample_attention():
+  """Through the model's own mask rule, a packed row is block-diagonal in its samples."""
+  from glm_jax.model import attention_mask  # pylint: disable=g-import-not-at-top
+  ds, examples = _task_dataset([20, 15, 9, 30, 12], seed=2)
+  rows = list(GLMFeatureConverter(pack=True)(ds, {"targets": T}).as_numpy_iterator())
+  seen = 0
+  for row in rows:
+    idx = np.arange(T)
+    packed = np.asarray(attention_mask(idx, idx, row["sep"][None], row["segment_ids"][None]))[0]
+    seg = row["segment_ids"]
+    for s in range(1, seg.max() + 1):
+      where = np.flatnonzero(seg == s)
+      ex = examples[seen]
+      n = len(ex["tokens"])
+      own = np.asarray(attention_mask(np.arange(n), np.arange(n), np.array([ex["sep"]])))[0]
+      np.testing.assert_array_equal(packed[np.ix_(where, where)], own)
+      others = np.flatnonzero((seg != s) & (seg != 0))
+      assert not packed[np.ix_(where, others)].any()
+      seen += 1
+  assert seen == len(examples)
