@@ -358,3 +358,18 @@ def test_blank_infilling_by_index_is_a_function_of_seed_and_index():
              for a, c in zip(full, other))
   with pytest.raises(ValueError, match="'targets'"):
     objectives.blank_infilling_by_index(ds.map(lambda f: {"index": f["index"]}), **kwargs)
+
+
+@pytest.mark.parametrize("raw", [[1], [1, 9], [1, 9, 10], [9, 10, 11], [0, 0, 0, 0], [1, 0],
+                                 [1, 0, 1], [1, 9, 10, 11, 5, 0]])
+def test_tiny_and_odd_samples_keep_a_valid_layout(raw):
+  raw = np.array(raw, np.int32)
+  for name, fn in zip(objectives.OBJECTIVES, (objectives.token_infilling,
+                                              objectives.sentence_infilling,
+                                              objectives.document_infilling)):
+    for seed in range(3):
+      ex = _np(fn(raw, [seed, 1], FIXTURE_TINY))
+      original, spans = reassemble(ex, FIXTURE_TINY, FIXTURE_TINY.mask_for(name))
+      np.testing.assert_array_equal(original, raw)
+      if not ex["suffix_layout"]:
+        _check_spans(raw, spans, FIXTURE_TINY, min_gap=0)

@@ -401,7 +401,7 @@ def document_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
   low = _ratio_count(min_ratio, length)
   gen_len = tf.minimum(tf.maximum(low + _randint(u[0], length - 2 - low), 1), length - 1)
   multi_doc = tf.reduce_any(tf.equal(tokens[:-1], special.eos))
-  suffix = tf.logical_or(multi_doc, u[1] < gpt_infill_prob)
+  suffix = tf.logical_and(tf.logical_or(multi_doc, u[1] < gpt_infill_prob), gen_len > 0)
 
   def infill():
     doc_offset, doc_len = _documents(tokens, special)
