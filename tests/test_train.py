@@ -163,3 +163,23 @@ def test_nan_stop_keeps_the_last_good_checkpoint_and_skip_carries_on(tmp_path):
   rows = checkpoints.describe(str(skip_dir))
   assert rows[-1]["step"] == 4 and rows[-1]["sha256"] == rows[0]["sha256"]
   assert "Skipped" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name,layers,lr,steps", [
+    ("glm_base", 12, 4e-4, 150000), ("glm_large", 24, 2e-4, 200000),
+    ("glm_doc", 24, 2e-4, 200000), ("glm_sent", 24, 2e-4, 200000),
+    ("glm_roberta", 24, 4e-4, 500000), ("glm_2b", 36, 1e-4, 250000),
+    ("glm_10b", 48, 1e-4, 250000)])
+def test_experiment_files_parse_with_the_reference_recipes(name, layers, lr, steps):
+  import gin  # pylint: disable=g-import-not-at-top
+  from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from glm_jax.model import GLMConfig  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin([f"configs/experiments/{name}.gin"])
+    assert GLMConfig().num_layers == layers
+    assert gin.query_parameter("%LEARNING_RATE") == lr
+    assert gin.query_parameter("%TRAIN_STEPS") == steps
+    assert gin.query_parameter("%CLIP_NORM") == 1.0
+  finally:
+    gin.clear_config()
