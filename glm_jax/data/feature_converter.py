@@ -100,53 +100,60 @@ class GLMFeatureConverter(seqio.FeatureConverter):
     rows, ends, segments = tf.scan(step, lengths, initializer=(0, length + 1, 0))
     # The initial fill of `length + 1` makes example 0 open row 1; shift to 0-based rows.
     rows = rows - 1
-    offsets = ends - lengths
+    offsets = ends - lengths                                           # [K] start in row
     num_rows = rows[-1] + 1
+    # Valid tokens of the batch as one flat stream; row r is a contiguous slice of it.
     lmax = tf.shape(batch["tokens"])[1]
-    k, p = tf.meshgrid(tf.range(tf.shape(lengths)[0]), tf.range(lmax), indexing="ij")
-    valid = p < lengths[:, None]                                       # [K, Lmax]
-    src = tf.cast(tf.where(valid), tf.int32)                           # [M, 2] (k, p)
-    ex_of = src[:, 0]
-    dest = tf.stack([tf.gather(rows, ex_of), tf.gather(offsets, ex_of) + src[:, 1]], 1)
-    shape = tf.stack([num_rows, length])
+    valid = tf.reshape(tf.range(lmax)[None, :] < lengths[:, None], [-1])
+    flat_index = tf.cast(tf.where(valid)[:, 0], tf.int32)              # [M]
+    total = tf.shape(flat_index)[0]
+    example_start = tf.cumsum(lengths, exclusive=True)                 # [K] in the stream
+    first_example = tf.searchsorted(rows, tf.range(num_rows), side="left")  # [R]
+    row_start = tf.gather(example_start, first_example)
+    row_end = tf.concat([row_start[1:], [total]], 0)
+    src = row_start[:, None] + tf.range(length)[None, :]               # [R, T]
+    inside = src < row_end[:, None]
+    src = tf.minimum(src, total - 1)
+    example_of = tf.reshape(tf.searchsorted(example_start, tf.reshape(src, [-1]),
+                                            side="right") - 1, tf.shape(src))  # [R, T]
 
-    def scatter(values, fill):
-      base = tf.fill(shape, tf.cast(fill, values.dtype))
-      return tf.tensor_scatter_nd_update(base, dest, values)
+    def pack(values, fill):                                            # [K, Lmax] -> [R, T]
+      flat = tf.gather(tf.reshape(values, [-1]), flat_index)
+      return tf.where(inside, tf.gather(flat, src), tf.cast(fill, values.dtype))
 
-    gather = lambda x: tf.gather_nd(x, src)
-    positions = [scatter(gather(batch["positions"][:, i]), 0) for i in range(2)]
+    per_token = lambda per_example: tf.where(inside, tf.gather(per_example, example_of), 0)
+    positions = [pack(batch["positions"][:, i], 0) for i in range(2)]
     return {
-        "tokens": scatter(gather(batch["tokens"]), self._pad_id),
+        "tokens": pack(batch["tokens"], self._pad_id),
         "positions": tf.stack(positions, 1),                          # [R, 2, T]
-        "sep": scatter(tf.gather(offsets + batch["sep"], ex_of), 0),
-        "targets": scatter(gather(batch["targets"]), self._pad_id),
-        "loss_weights": scatter(gather(batch["loss_weights"]), 0.0),
-        "segment_ids": scatter(tf.gather(segments, ex_of), 0),
+        "sep": per_token(offsets + batch["sep"]),
+        "targets": pack(batch["targets"], self._pad_id),
+        "loss_weights": pack(batch["loss_weights"], 0.0),
+        "segment_ids": per_token(segments),
     }
 
   def _pack_rows(self, ds: tf.data.Dataset, length: int) -> tf.data.Dataset:
-    ds = ds.map(lambda ex: dict(ex, length=tf.shape(ex["tokens"])[0]),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    def select(ex):
+      ex = self._check_and_select(ex, length)
+      ex["length"] = tf.shape(ex["tokens"])[0]
+      return ex
+
+    def pack(batch):
+      rows = self._pack_batch(batch, length)
+      for k, v in rows.items():  # static shapes survive unbatch
+        v.set_shape([None, 2, length] if k == "positions" else [None, length])
+      return rows
+
+    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.padded_batch(self._pack_window, padding_values={
         "tokens": self._pad_id, "positions": 0, "sep": 0, "targets": self._pad_id,
         "loss_weights": 0.0, "length": 0})
-    ds = ds.map(lambda b: self._pack_batch(b, length), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.unbatch()
-
-    def set_shapes(ex):
-      for k, v in ex.items():
-        v.set_shape([2, length] if k == "positions" else [length])
-      return ex
-
-    return ds.map(set_shapes)
+    return ds.map(pack, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
   def _convert_features(self, ds: tf.data.Dataset,
                         task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
     length = task_feature_lengths["targets"]
     if self.pack:
-      ds = ds.map(lambda ex: self._check_and_select(ex, length),
-                  num_parallel_calls=tf.data.AUTOTUNE)
       return self._pack_rows(ds, length)
     return ds.map(lambda ex: self._pad(self._check_and_select(ex, length), length),
                   num_parallel_calls=tf.data.AUTOTUNE)
