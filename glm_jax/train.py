@@ -362,5 +362,6 @@ def define_flags():
 
 
 def cli():
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (seqio) start-up chatter
   define_flags()
   gin_utils.run(main)
