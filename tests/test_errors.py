@@ -1,6 +1,10 @@
 """Mistakes a user can make end in one line that says what to fix (no traceback)."""
 
+import gin
 import pytest
+
+from glm_jax import gin_utils
+from glm_jax import train as train_lib
 
 from conftest import multi_device_env, run_module, write_tiny_gin
 
@@ -41,7 +45,31 @@ def gin_file(tmp_path_factory):
      "schedule must be one of"),
 ])
 def test_train_errors_are_one_line(gin_file, tmp_path, args, expected):
+  """What `python -m glm_jax.train` prints, run in-process (the CLI path is tested below)."""
   (tmp_path / "a_file").write_text("not a directory")
+  args = gin_utils.rewrite_gin_args([a.format(gin=gin_file, tmp=tmp_path) for a in args])
+  files = [a.split("=", 1)[1] for a in args if a.startswith("--gin_file=")]
+  bindings = [a.split("=", 1)[1] for a in args if a.startswith("--gin_bindings=")]
+  gin.clear_config()
+  try:
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+      gin_utils.parse_gin(files, bindings)
+      train_lib.train()  # pylint: disable=no-value-for-parameter
+  finally:
+    gin.clear_config()
+  line = gin_utils.one_line(info.value)
+  assert expected in line, line
+  assert "\n" not in line
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--gin_file=configs/runs/pretrian.gin"], "Gin file 'configs/runs/pretrian.gin' not found"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin_bindings=trian.train_steps = 3"],
+     "No configurable matching 'trian'"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.MESH_FSDP=4"],
+     "needs 4 devices"),
+])
+def test_train_cli_prints_one_line_without_traceback(gin_file, tmp_path, args, expected):
   args = [a.format(gin=gin_file, tmp=tmp_path) for a in args]
   line = _one_line_error(run_module("glm_jax.train", args, timeout=120))
   assert expected in line, line
