@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 if __name__ == "__main__":
   # Run the importable module so its gin configurables are registered once, as glm_jax.eval.
@@ -68,15 +68,25 @@ def infilling_evaluator(params, config, vocab_spec: str, output_dir: str, *,
 @gin.configurable
 def evaluate_checkpoint(*, checkpoint: str = gin.REQUIRED,
                         evaluator: Callable = infilling_evaluator,
+                        evaluators: Optional[Sequence[Callable]] = None,
                         output_dir: Optional[str] = None,
                         mesh_config: partitioning.MeshConfig = partitioning.MeshConfig()
                         ) -> Dict[str, float]:
-  """Restores CHECKPOINT, runs the evaluator, writes OUTPUT_DIR/metrics.json, prints a table."""
+  """Restores CHECKPOINT once, runs the evaluator(s), writes OUTPUT_DIR/metrics.json.
+
+  `evaluators` (gin macro EVALUATORS in configs/runs/eval_lm.gin and eval_superglue.gin)
+  replaces the single `evaluator`; their results are merged into one table.
+  """
   gin_utils.check_required(checkpoint=checkpoint)
   params, config, vocab_spec, step = _load(checkpoint, mesh_config)
   output_dir = output_dir or default_output_dir(checkpoint)
   os.makedirs(output_dir, exist_ok=True)
-  results = evaluator(params, config, vocab_spec, output_dir)
+  results = {}
+  for fn in (evaluators if evaluators else [evaluator]):
+    for name, value in fn(params, config, vocab_spec, output_dir).items():
+      if name in results:
+        raise ValueError(f"Two evaluators report {name!r}; give them distinct metric names.")
+      results[name] = value
   results = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in results.items()}
   if jax.process_index() == 0:
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
