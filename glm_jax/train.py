@@ -11,6 +11,7 @@ Multi-host: --coordinator_address/--num_processes/--process_id, or automatic on 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -157,8 +158,13 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
           eval_split: str = "validation", eval_period: int = 0, eval_steps: int = 10,
           eval_batch_size: Optional[int] = None, log_period: int = 10,
           progress_bar: bool = True, final_hook: Optional[Callable] = None,
+          keep_best_metric: Optional[str] = None, best_mode: str = "max",
           partitioner: Optional[partitioning.Partitioner] = None):
-  """Trains `model` to `train_steps`; returns the final TrainState."""
+  """Trains `model` to `train_steps`; returns the final TrainState.
+
+  With `keep_best_metric` (an eval metric such as 'eval/accuracy') the parameters of the best
+  evaluation so far are kept as a params-only checkpoint in MODEL_DIR/best.
+  """
   gin_utils.check_required(model_dir=model_dir, model=model, train_input=train_input,
                            mixture_or_task_name=mixture_or_task_name, train_steps=train_steps,
                            batch_size=batch_size, sequence_length=sequence_length)
@@ -170,6 +176,12 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
   if sequence_length > model.config.max_sequence_length:
     raise ValueError(f"SEQUENCE_LENGTH {sequence_length} exceeds the model's "
                      f"max_sequence_length {model.config.max_sequence_length}; lower it.")
+  if best_mode not in ("max", "min"):
+    raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
+  if keep_best_metric and not eval_period:
+    logging.warning("KEEP_BEST_METRIC %s is ignored: periodic evaluation is off "
+                    "(EVAL_PERIOD = 0).", keep_best_metric)
+    keep_best_metric = None
   partitioner = partitioner or partitioning.Partitioner(mesh_config, logical_rules)
   partitioner.check_batch_size(batch_size, num_microbatches)
   eval_batch_size = eval_batch_size or batch_size
@@ -193,7 +205,7 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
                 sequence_length, vocab_spec, seed, data_seed, nan_action, pack, init_checkpoint,
                 eval_input, eval_mixture_or_task_name, eval_split, eval_period, eval_steps,
                 eval_batch_size, log_period, progress_bar, final_hook, partitioner, trainer,
-                manager, **unused):
+                manager, keep_best_metric, best_mode, **unused):
   """The loop of train(): restore, then step, log, evaluate and save until train_steps."""
   del unused
   is_chief = jax.process_index() == 0
@@ -283,6 +295,9 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
       if eval_batches is not None and (state_step % eval_period == 0 or is_last):
         results = trainer_lib.evaluate(trainer.eval_step, state.params, eval_batches)
         writer.write(state_step, results)
+        if keep_best_metric:
+          _keep_if_best(model_dir, keep_best_metric, best_mode, results, state, model.config,
+                        vocab_spec)
         bar.write(f"step {state_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in
                                                      sorted(results.items())))
         window_start = time.perf_counter()  # evaluation time is not training throughput
@@ -303,6 +318,30 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
   if final_hook is not None and is_chief and state_step == train_steps:
     final_hook(state.params, model.config, vocab_spec)
   return state
+
+
+BEST_DIR = "best"
+
+
+def _keep_if_best(model_dir, metric, mode, results, state, config, vocab_spec) -> bool:
+  """Saves params to MODEL_DIR/best when `metric` beats the best kept so far."""
+  if metric not in results:
+    raise ValueError(f"KEEP_BEST_METRIC {metric!r} is not an eval metric; choose one of "
+                     f"{sorted(results)}.")
+  value = float(results[metric])
+  record_path = os.path.join(model_dir, BEST_DIR, "best.json")
+  if os.path.exists(record_path):
+    with open(record_path) as f:
+      best = json.load(f)["value"]
+    if (value <= best) if mode == "max" else (value >= best):
+      return False
+  step = int(jax.device_get(state.step))
+  checkpoints.save_params_checkpoint(os.path.join(model_dir, BEST_DIR), state.params, config,
+                                     vocab_spec, step=step)
+  if jax.process_index() == 0:
+    with open(record_path, "w") as f:
+      json.dump({"metric": metric, "value": value, "mode": mode, "step": step}, f)
+  return True
 
 
 def _check_nonfinite(fetched, nan_action: str, step: int, last_good: int, bar) -> None:

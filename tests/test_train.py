@@ -23,6 +23,8 @@ CHECKPOINT_PERIOD = 3
 KEEP_CHECKPOINTS = 2
 EVAL_PERIOD = 20
 EVAL_STEPS = 2
+KEEP_BEST_METRIC = 'eval/loss'
+BEST_MODE = 'min'
 model.GLMConfig.embedding_dropout = 0.1
 model.GLMConfig.hidden_dropout = 0.1
 """
@@ -183,3 +185,17 @@ def test_experiment_files_parse_with_the_reference_recipes(name, layers, lr, ste
     assert gin.query_parameter("%CLIP_NORM") == 1.0
   finally:
     gin.clear_config()
+
+
+def test_best_evaluation_is_kept(reference_run):
+  _, model_dir, _ = reference_run
+  evals = [r for r in _metrics(model_dir) if "eval/loss" in r]
+  best = min(evals, key=lambda r: r["eval/loss"])
+  with open(os.path.join(model_dir, "best", "best.json")) as f:
+    record = json.load(f)
+  assert record["step"] == best["step"]
+  assert abs(record["value"] - best["eval/loss"]) < 1e-6
+  params, config, _, step = checkpoints.load_params(os.path.join(model_dir, "best"))
+  assert step == best["step"] and config.num_layers >= 1
+  if step == STEPS:  # the final checkpoint holds the same parameters
+    assert checkpoints.params_digest(params) == _final_digest(model_dir)[1]
