@@ -19,7 +19,6 @@ import sys
 import time
 
 from absl import app, flags  # pylint: disable=g-multiple-import
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +27,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from glm_jax import decoding  # pylint: disable=g-import-not-at-top
 from glm_jax.data.special_tokens import SpecialTokens  # pylint: disable=g-import-not-at-top
 from glm_jax.model import GLMConfig, init_params  # pylint: disable=g-import-not-at-top
+sys.path.insert(0, os.path.dirname(__file__))
+from shapes import load_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["4l_256", "glm_tiny", "glm_base"],
@@ -41,22 +42,9 @@ flags.DEFINE_integer("uncached_steps", 0,
 flags.DEFINE_boolean("uncached", True, "Also time decoding without the cache.")
 flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "models")
-SHAPES = {"4l_256": dict(vocab_size=16000, num_layers=4, hidden_size=256, num_heads=4,
-                         max_sequence_length=512)}
 REFERENCE = {"4l_256": (79.3, 12.6), "glm_base": (4.7, 1.0)}  # new tokens/s: cached, recompute
 # Any ids work for speed; the roles sit at the end of the vocabulary, pad = eos = 0.
 ROLES = ("cls", "unk", "mask", "smask", "gmask", "sop", "eop")
-
-
-def load_config(name: str) -> GLMConfig:
-  if name in SHAPES:
-    return GLMConfig(**SHAPES[name])
-  gin.clear_config()
-  gin.parse_config_file(os.path.join(CONFIGS, f"{name}.gin"))
-  cfg = GLMConfig()
-  gin.clear_config()
-  return cfg
 
 
 def matmul_probe() -> float:

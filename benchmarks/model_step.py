@@ -15,7 +15,6 @@ import sys
 import time
 
 from absl import app, flags  # pylint: disable=g-multiple-import
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +22,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from glm_jax import flops, losses  # pylint: disable=g-import-not-at-top,g-multiple-import
 from glm_jax.model import GLM, GLMConfig, init_params  # pylint: disable=g-import-not-at-top
+sys.path.insert(0, os.path.dirname(__file__))
+import shapes  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["glm_tiny", "glm_base"], "Model presets in configs/models.")
@@ -32,22 +33,9 @@ flags.DEFINE_integer("steps", 6, "Timed steps per model.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype.")
 flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "models")
-# The reference's small measured shape (REFERENCE_PERF.md), not a preset.
-SHAPES = {"4l_256": dict(vocab_size=16000, num_layers=4, hidden_size=256, num_heads=4,
-                         max_sequence_length=512)}
-
-
 def load_config(name: str) -> GLMConfig:
-  if name in SHAPES:
-    cfg = GLMConfig(**SHAPES[name])
-  else:
-    gin.clear_config()
-    gin.parse_config_file(os.path.join(CONFIGS, f"{name}.gin"))
-    cfg = GLMConfig()
-    gin.clear_config()
-  return cfg.replace(dtype=FLAGS.dtype, embedding_dropout=0.1, attention_dropout=0.1,
-                     hidden_dropout=0.1)
+  return shapes.load_config(name, dtype=FLAGS.dtype, embedding_dropout=0.1,
+                            attention_dropout=0.1, hidden_dropout=0.1)
 
 
 def make_batch(cfg: GLMConfig, batch: int, seq: int):

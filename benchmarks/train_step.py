@@ -16,7 +16,6 @@ import sys
 import time
 
 from absl import app, flags  # pylint: disable=g-multiple-import
-import gin
 import jax
 import numpy as np
 
@@ -24,6 +23,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 # pylint: disable=g-import-not-at-top
 from glm_jax import flops, models, optim, partitioning, trainer as trainer_lib
 from glm_jax.model import GLMConfig
+sys.path.insert(0, os.path.dirname(__file__))
+import shapes
 # pylint: enable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -37,22 +38,10 @@ flags.DEFINE_string("dtype", "float32", "Compute dtype.")
 flags.DEFINE_string("remat", "none", "Remat policy.")
 flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "models")
-SHAPES = {"4l_256": dict(vocab_size=16000, num_layers=4, hidden_size=256, num_heads=4,
-                         max_sequence_length=512)}
-
-
 def load_config(name: str) -> GLMConfig:
-  if name in SHAPES:
-    cfg = GLMConfig(**SHAPES[name])
-  else:
-    gin.clear_config()
-    gin.parse_config_file(os.path.join(CONFIGS, f"{name}.gin"))
-    cfg = GLMConfig()
-    gin.clear_config()
   # Dropout 0.1 everywhere, as the reference's measured training step.
-  return cfg.replace(dtype=FLAGS.dtype, remat_policy=FLAGS.remat, embedding_dropout=0.1,
-                     attention_dropout=0.1, hidden_dropout=0.1)
+  return shapes.load_config(name, dtype=FLAGS.dtype, remat_policy=FLAGS.remat,
+                            embedding_dropout=0.1, attention_dropout=0.1, hidden_dropout=0.1)
 
 
 def make_batch(cfg: GLMConfig, batch: int, seq: int, seed: int):

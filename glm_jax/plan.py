@@ -201,7 +201,7 @@ def plan_train_step(model, mesh_config, batch_size: int, seq_len: int, *,
   start = time.perf_counter()
   # The trainer's jitted step with its shardings and donation, traced as Trainer.train_step
   # traces it (under the mesh and the logical-axis rules).
-  lowered = trainer._traced(trainer._train_step.lower, state, batch)  # pylint: disable=protected-access
+  lowered = trainer.lower_train_step(state, batch)
   lower_s = time.perf_counter() - start
   start = time.perf_counter()
   compiled = lowered.compile()

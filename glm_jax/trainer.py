@@ -105,6 +105,10 @@ class Trainer:
     """One optimizer step on a global batch; returns (new_state, metrics). Donates `state`."""
     return self._traced(self._train_step, state, batch)
 
+  def lower_train_step(self, state, batch):
+    """The jitted train step lowered for (abstract) state and batch: for AOT compilation."""
+    return self._traced(self._train_step.lower, state, batch)
+
   def eval_step(self, params, batch) -> Dict[str, tuple]:
     """{name: (numerator, denominator)} of one global evaluation batch."""
     return self._eval_step(params, batch)
