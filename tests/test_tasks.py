@@ -23,6 +23,15 @@ def test_registered_names():
   assert "glm_wiki_books" in seqio.MixtureRegistry.names()
 
 
+def test_real_corpus_mixtures_carry_the_published_objective_mixes():
+  for mix in ("doc", "sent", "2b", "10b"):
+    mixture = seqio.get_mixture_or_task(f"glm_wiki_books_{mix}")
+    names = sorted(t.name for t in mixture.tasks)
+    assert names == [f"glm_bookcorpus_{mix}", f"glm_wikipedia_{mix}"]
+    for name in names:
+      assert tasks.glm_task(name).mix == tasks.MIXES[mix]
+
+
 def test_published_mixes():
   assert tasks.glm_task("glm_builtin").mix.objective_probs == (1.0, 0.0, 0.0)
   assert tasks.glm_task("glm_builtin_doc").mix.objective_probs == (0.5, 0.0, 0.5)

@@ -9,6 +9,7 @@ Every task: documents -> tokens (vocabulary 'builtin' unless told) -> raw sample
   glm_builtin_token / _sentence / _document   one objective each
   glm_wikipedia, glm_c4, glm_bookcorpus  TFDS corpora (need the prepared data; never downloaded)
   glm_wiki_books         Mixture of wikipedia + bookcorpus (the Base/Large pretraining data)
+  glm_wiki_books_{doc,sent,2b,10b}  the same data with the GLM-Doc/-Sent/-2B/-10B objective mixes
 
 Local files: `register_text_task(name, train_files=[...])`, or use the task name
 'text:PATH[,PATH...]' anywhere a task name is taken (it registers itself on first use).
@@ -233,11 +234,23 @@ def _register_tfds() -> None:
   # 'text' feature, version 1.0.0, is read (or use register_text_task on the BookCorpus text files).
   register_task("glm_bookcorpus", CorpusSpec(kind="tfds", tfds_name="bookcorpus:1.0.0",
                                              tfds_splits=held_out), MIXES["base"])
-  if "glm_wiki_books" in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.remove("glm_wiki_books")
   # Base/Large data: English Wikipedia + BooksCorpus, weighted ~ by size (2.5B / 0.8B words).
-  seqio.MixtureRegistry.add("glm_wiki_books", [("glm_wikipedia", 0.75),
-                                               ("glm_bookcorpus", 0.25)])
+  _add_mixture("glm_wiki_books", [("glm_wikipedia", 0.75), ("glm_bookcorpus", 0.25)])
+  # The published objective mixes of GLM-Doc, GLM-Sent, GLM-2B and GLM-10B on the same data.
+  for mix in ("doc", "sent", "2b", "10b"):
+    for corpus, tfds_name, splits in (
+        ("wikipedia", "wikipedia/20230601.en:1.0.0", held_out),
+        ("bookcorpus", "bookcorpus:1.0.0", held_out)):
+      register_task(f"glm_{corpus}_{mix}", CorpusSpec(kind="tfds", tfds_name=tfds_name,
+                                                      tfds_splits=splits), MIXES[mix])
+    _add_mixture(f"glm_wiki_books_{mix}", [(f"glm_wikipedia_{mix}", 0.75),
+                                           (f"glm_bookcorpus_{mix}", 0.25)])
+
+
+def _add_mixture(name: str, tasks_and_rates) -> None:
+  if name in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, tasks_and_rates)
 
 
 _register_builtin()
