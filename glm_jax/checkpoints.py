@@ -274,6 +274,7 @@ def describe(model_dir: str) -> list:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every handler it creates at INFO
   try:
     rows = describe(flags.FLAGS.model_dir)
   except (ValueError, FileNotFoundError) as e:
@@ -281,6 +282,7 @@ def main(argv):
     sys.exit(1)
   if not rows:
     print(f"No checkpoints in {flags.FLAGS.model_dir}.")
+    return
   print(f"{'step':>10}  {'params':>12}  sha256")
   for row in rows:
     print(f"{row['step']:>10}  {row['num_params']:>12,}  {row['sha256']}")
