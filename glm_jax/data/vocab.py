@@ -43,7 +43,33 @@ def _sentence_end_ids(pieces: Sequence[str], skip: Iterable[int]) -> tuple:
                if i not in skip and any(c in p for c in SENTENCE_END_CHARS))
 
 
-class GLMVocabulary(seqio.Vocabulary):
+class _GLMRolesVocabulary(seqio.Vocabulary):
+  """Ids of the roles from `self.special`; size padded to a multiple of 128."""
+
+  special: SpecialTokens
+
+  @property
+  def padded_vocab_size(self) -> int:
+    return padded_size(self.raw_vocab_size)
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.padded_vocab_size
+
+  @property
+  def eos_id(self) -> int:
+    return self.special.eos
+
+  @property
+  def pad_id(self) -> int:
+    return self.special.pad
+
+  @property
+  def unk_id(self) -> int:
+    return self.special.unk
+
+
+class GLMVocabulary(_GLMRolesVocabulary):
   """SentencePiece model with the GLM roles; ids past the model's pieces are padding."""
 
   def __init__(self, sentencepiece_model_file: str, spec: Optional[str] = None):
@@ -96,26 +122,6 @@ class GLMVocabulary(seqio.Vocabulary):
     """Pieces in the SentencePiece model (before padding)."""
     return self._sp.get_piece_size()
 
-  @property
-  def padded_vocab_size(self) -> int:
-    return padded_size(self.raw_vocab_size)
-
-  @property
-  def _base_vocab_size(self) -> int:
-    return self.padded_vocab_size
-
-  @property
-  def eos_id(self) -> int:
-    return self.special.eos
-
-  @property
-  def pad_id(self) -> int:
-    return self.special.pad
-
-  @property
-  def unk_id(self) -> int:
-    return self.special.unk
-
   def id_to_piece(self, i: int) -> str:
     return self._sp.id_to_piece(int(i)) if 0 <= i < self.raw_vocab_size else "<unk>"
 
@@ -153,7 +159,7 @@ class GLMVocabulary(seqio.Vocabulary):
     return self.tf_tokenizer.detokenize(ids)
 
 
-class WordPieceVocabulary(seqio.Vocabulary):
+class WordPieceVocabulary(_GLMRolesVocabulary):
   """Lower-cased BERT WordPiece with GLM's reference ids (sop, eop, gMASK, sMASK, dBLOCK appended).
 
   With the 30522-token BERT uncased vocab file the ids equal `special_tokens.BERT_WORDPIECE`
@@ -197,26 +203,6 @@ class WordPieceVocabulary(seqio.Vocabulary):
   def raw_vocab_size(self) -> int:
     """WordPiece tokens plus the appended GLM tokens."""
     return len(self._tokens)
-
-  @property
-  def padded_vocab_size(self) -> int:
-    return padded_size(self.raw_vocab_size)
-
-  @property
-  def _base_vocab_size(self) -> int:
-    return self.padded_vocab_size
-
-  @property
-  def eos_id(self) -> int:
-    return self.special.eos
-
-  @property
-  def pad_id(self) -> int:
-    return self.special.pad
-
-  @property
-  def unk_id(self) -> int:
-    return self.special.unk
 
   def id_to_piece(self, i: int) -> str:
     return self._tokens[i] if 0 <= i < len(self._tokens) else "[UNK]"
