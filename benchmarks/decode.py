@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from glm_jax import decoding  # pylint: disable=g-import-not-at-top
 from glm_jax.data.special_tokens import SpecialTokens  # pylint: disable=g-import-not-at-top
-from glm_jax.model import GLMConfig, init_params  # pylint: disable=g-import-not-at-top
+from glm_jax.model import init_params  # pylint: disable=g-import-not-at-top
 sys.path.insert(0, os.path.dirname(__file__))
 from shapes import load_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 

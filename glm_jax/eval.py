@@ -22,7 +22,7 @@ if __name__ == "__main__":
   _eval_module.cli()
   sys.exit(0)
 
-from absl import flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
+from absl import flags  # pylint: disable=g-import-not-at-top
 import gin  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 
@@ -109,11 +109,7 @@ def _load(checkpoint: str, mesh_config: partitioning.MeshConfig):
 
 
 def main(argv):
-  if len(argv) > 1:
-    gin_utils.exit_with_error(ValueError(f"Unexpected arguments {argv[1:]}; every option is a "
-                                         "flag (--gin_file, --gin.NAME=VALUE, ...)."))
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  gin_utils.begin_cli(argv, "--gin_file, --gin.NAME=VALUE")
   try:
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     evaluate_checkpoint()  # pylint: disable=no-value-for-parameter

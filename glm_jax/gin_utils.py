@@ -13,7 +13,7 @@ import re
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging  # pylint: disable=g-multiple-import
 import gin
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,3 +149,16 @@ def exit_with_error(error: BaseException) -> None:
     raise error
   print(f"Error: {one_line(error)}", file=sys.stderr)
   sys.exit(1)
+
+
+def begin_cli(argv: Sequence[str], options: str) -> None:
+  """Common start of a CLI's main: no positional arguments; absl INFO off unless asked.
+
+  `options` names typical flags for the error message, e.g. '--gin_file, --gin.NAME=VALUE'.
+  Orbax and seqio log at INFO on every save and load; --verbosity brings them back.
+  """
+  if len(argv) > 1:
+    exit_with_error(ValueError(f"Unexpected arguments {list(argv[1:])}; every option is a flag "
+                               f"({options}, ...)."))
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)

@@ -29,7 +29,7 @@ import time
 import types
 from typing import Any, Dict, Optional, Sequence
 
-from absl import flags, logging
+from absl import flags
 import gin
 
 from glm_jax import flops as flops_lib
@@ -407,11 +407,7 @@ def run_plan() -> Dict[str, Any]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    gin_utils.exit_with_error(ValueError(f"Unexpected arguments {argv[1:]}; every option is a "
-                                         "flag (--gin_file, --mesh, --batch_size, ...)."))
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  gin_utils.begin_cli(argv, "--gin_file, --mesh, --batch_size")
   try:
     report = run_plan()
   except (ValueError, FileNotFoundError, TypeError) as e:

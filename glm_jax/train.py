@@ -378,11 +378,7 @@ def initialize_distributed() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    gin_utils.exit_with_error(ValueError(f"Unexpected arguments {argv[1:]}; every option is a "
-                                         "flag (--gin_file, --gin.NAME=VALUE, ...)."))
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  gin_utils.begin_cli(argv, "--gin_file, --gin.NAME=VALUE")
   try:
     initialize_distributed()
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)

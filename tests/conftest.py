@@ -86,3 +86,19 @@ def run_script(code: str, env=None, timeout: int = 240):
 @pytest.fixture
 def tiny_gin(tmp_path):
   return write_tiny_gin(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def builtin_vocab():
+  """The SentencePiece vocabulary shipped in the package."""
+  from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  return vocab_lib.get_vocabulary("builtin")
+
+
+def tiny_glm(vocab_size: int, max_sequence_length: int, initializer_std: float, seed: int):
+  """(config, params) of a 2-layer, hidden-32 GLM for decoding and evaluation tests."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from glm_jax.model import GLMConfig, init_params  # pylint: disable=g-import-not-at-top
+  config = GLMConfig(vocab_size=vocab_size, num_layers=2, hidden_size=32, num_heads=4,
+                     max_sequence_length=max_sequence_length, initializer_std=initializer_std)
+  return config, init_params(config, jax.random.PRNGKey(seed))

@@ -9,22 +9,20 @@ import numpy as np
 import pytest
 
 from glm_jax import decoding, generate
-from glm_jax.data import vocab as vocab_lib
-from glm_jax.model import GLMConfig, init_params
+
+from conftest import tiny_glm
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 @pytest.fixture(scope="module")
-def vocab():
-  return vocab_lib.get_vocabulary("builtin")
+def vocab(builtin_vocab):
+  return builtin_vocab
 
 
 @pytest.fixture(scope="module")
 def model(vocab):
-  cfg = GLMConfig(vocab_size=vocab.vocab_size, num_layers=2, hidden_size=32, num_heads=4,
-                  max_sequence_length=64, initializer_std=0.2)
-  return cfg, init_params(cfg, jax.random.PRNGKey(1))
+  return tiny_glm(vocab.vocab_size, max_sequence_length=64, initializer_std=0.2, seed=1)
 
 
 def test_prompt_layout(vocab):

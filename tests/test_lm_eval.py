@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from glm_jax.data import vocab as vocab_lib
 from glm_jax.lm_eval import blank_rows, detokenize, evaluate, lambada, wikitext, xsum
-from glm_jax.model import GLM, GLMConfig, init_params
+from glm_jax.model import GLM
+
+from conftest import tiny_glm
 
 PASSAGES = [
     "he opened the door and saw his old friend . `` hello , '' said the friend",
@@ -23,15 +24,13 @@ WIKI = (" \n = Robert Boulter = \n \n Robert Boulter is an English film , televi
 
 
 @pytest.fixture(scope="module")
-def vocab():
-  return vocab_lib.get_vocabulary("builtin")
+def vocab(builtin_vocab):
+  return builtin_vocab
 
 
 @pytest.fixture(scope="module")
 def model(vocab):
-  cfg = GLMConfig(vocab_size=vocab.vocab_size, num_layers=2, hidden_size=32, num_heads=4,
-                  max_sequence_length=128, initializer_std=0.1)
-  return cfg, init_params(cfg, jax.random.PRNGKey(0))
+  return tiny_glm(vocab.vocab_size, max_sequence_length=128, initializer_std=0.1, seed=0)
 
 
 def test_infill_row_layout():
