@@ -19,6 +19,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from glm_jax import dropout as dropout_lib
+
 # The reference fills masked scores with the fp16 minimum, not -inf: a fully masked row
 # becomes a uniform distribution instead of NaN.
 MASK_FILL = -65504.0
@@ -46,6 +48,7 @@ class GLMConfig:
   embedding_dropout: float = 0.1
   attention_dropout: float = 0.1
   hidden_dropout: float = 0.1
+  dropout_implementation: str = "hash"  # 'hash' (fast counter-based) or 'threefry' (nn.Dropout)
   layernorm_epsilon: float = 1e-5
   dtype: str = "float32"  # compute dtype: 'float32' or 'bfloat16'
   param_dtype: str = "float32"
@@ -62,6 +65,10 @@ class GLMConfig:
       raise ValueError(
           f"dtype/param_dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}/"
           f"{self.param_dtype!r}.")
+    if self.dropout_implementation not in dropout_lib.IMPLEMENTATIONS:
+      raise ValueError(
+          f"dropout_implementation must be one of {list(dropout_lib.IMPLEMENTATIONS)}, got "
+          f"{self.dropout_implementation!r}.")
     if self.remat_policy != "none" and self.remat_policy not in _REMAT_POLICIES:
       raise ValueError(
           f"remat_policy must be 'none' or one of {sorted(_REMAT_POLICIES)}, got "
@@ -189,7 +196,8 @@ class SelfAttention(nn.Module):
     scores = jnp.where(mask[:, None, :, :], scores, MASK_FILL)
     probs = jax.nn.softmax(scores, axis=-1)  # float32
     if not deterministic and cfg.attention_dropout > 0:
-      probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
+      probs = dropout_lib.Dropout(cfg.attention_dropout, cfg.dropout_implementation)(
+          probs, deterministic=False)
     if decode:
       out = jnp.einsum("bnqk,bnkd->bqnd", probs.astype(dtype), v)
     else:
@@ -269,7 +277,7 @@ class TransformerLayer(nn.Module):
     cfg = self.config
     ln = functools.partial(LayerNorm, epsilon=cfg.layernorm_epsilon, dtype=cfg.compute_dtype,
                            param_dtype=cfg.parameter_dtype)
-    drop = nn.Dropout(cfg.hidden_dropout)
+    drop = dropout_lib.Dropout(cfg.hidden_dropout, cfg.dropout_implementation)
     a = SelfAttention(cfg, name="attention")(ln(name="input_layernorm")(x), mask, sep,
                                               deterministic, decode)
     x = x + drop(a, deterministic=deterministic)
@@ -319,7 +327,8 @@ class GLM(nn.Module):
          + jnp.take(gathered(block_table, "positions"), positions[:, 1], axis=0)
          ).astype(dtype)  # [batch, length, embed]
     x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-    x = nn.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
+    x = dropout_lib.Dropout(cfg.embedding_dropout, cfg.dropout_implementation)(
+        x, deterministic=deterministic)
 
     length = tokens.shape[1]
     if decode:
