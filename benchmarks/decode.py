@@ -18,12 +18,16 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from glm_jax import host_memory  # pylint: disable=g-import-not-at-top
+
+host_memory.reexec_with_huge_pages()  # before JAX starts: see glm_jax/host_memory.py
+
 from absl import app, flags  # pylint: disable=g-multiple-import
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from glm_jax import decoding  # pylint: disable=g-import-not-at-top
 from glm_jax.data.special_tokens import SpecialTokens  # pylint: disable=g-import-not-at-top
 from glm_jax.model import init_params  # pylint: disable=g-import-not-at-top

@@ -14,12 +14,16 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from glm_jax import host_memory  # pylint: disable=g-import-not-at-top
+
+host_memory.reexec_with_huge_pages()  # before JAX starts: see glm_jax/host_memory.py
+
 from absl import app, flags  # pylint: disable=g-multiple-import
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from glm_jax import flops, losses  # pylint: disable=g-import-not-at-top,g-multiple-import
 from glm_jax.model import GLM, GLMConfig, init_params  # pylint: disable=g-import-not-at-top
 sys.path.insert(0, os.path.dirname(__file__))

@@ -15,11 +15,15 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from glm_jax import host_memory  # pylint: disable=g-import-not-at-top
+
+host_memory.reexec_with_huge_pages()  # before JAX starts: see glm_jax/host_memory.py
+
 from absl import app, flags  # pylint: disable=g-multiple-import
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 # pylint: disable=g-import-not-at-top
 from glm_jax import flops, models, optim, partitioning, trainer as trainer_lib
 from glm_jax.model import GLMConfig

@@ -2,20 +2,17 @@
 
 `glm_jax.generate(texts, checkpoint=DIR)` fills the [MASK]/[sMASK]/[gMASK] blanks of texts.
 `glm_jax.generate` is also the module that implements it (`glm_jax.generate.build_prompt`,
-...): the module is made callable so that both spellings work.
+...): the module makes itself callable so that both spellings work. Importing the package
+itself loads nothing heavy (the command-line tools re-execute themselves before JAX starts:
+glm_jax/host_memory.py); `glm_jax.generate` is imported on first use.
 """
 
-import types as _types
+import importlib as _importlib
 
 __version__ = "0.1.0"
 
 
-class _CallableModule(_types.ModuleType):
-
-  def __call__(self, *args, **kwargs):
-    return self.generate(*args, **kwargs)
-
-
-from glm_jax import generate as _generate_module  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-_generate_module.__class__ = _CallableModule
+def __getattr__(name):
+  if name == "generate":
+    return _importlib.import_module("glm_jax.generate")
+  raise AttributeError(f"module 'glm_jax' has no attribute {name!r}")

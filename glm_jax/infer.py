@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags, logging  # pylint: disable=g-multiple-import
 
+from glm_jax import host_memory
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (trainer output or convert).")
 flags.DEFINE_string("text", None, "One prompt with [MASK] / [sMASK] / [gMASK] tokens.")
@@ -88,4 +90,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_huge_pages()
   app.run(main)
