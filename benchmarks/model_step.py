@@ -35,10 +35,12 @@ flags.DEFINE_integer("seq_len", 512, "Sequence length.")
 flags.DEFINE_integer("batch", 4, "Batch size.")
 flags.DEFINE_integer("steps", 6, "Timed steps per model.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype.")
+flags.DEFINE_string("remat", "dots_no_batch", "Remat policy (dots_no_batch: fastest on this CPU).")
 flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
 def load_config(name: str) -> GLMConfig:
-  return shapes.load_config(name, dtype=FLAGS.dtype, embedding_dropout=0.1,
+  return shapes.load_config(name, dtype=FLAGS.dtype, remat_policy=FLAGS.remat,
+                            embedding_dropout=0.1,
                             attention_dropout=0.1, hidden_dropout=0.1)
 
 

@@ -27,13 +27,17 @@ def _fmix32(x):
   return x ^ (x >> 16)
 
 
-def hash_bits(key, shape) -> jax.Array:
-  """uint32 pseudo-random bits of `shape` from a uint32[2] key (rows x last-dim counters)."""
+def hash_bits(key, shape, row_offset=0) -> jax.Array:
+  """uint32 pseudo-random bits of `shape` from a uint32[2] key (rows x last-dim counters).
+
+  `row_offset` shifts the row counter, so a block of a larger tensor (rows offset..) gets
+  exactly the bits of that block of the whole tensor.
+  """
   shape = tuple(shape)
   cols = shape[-1] if shape else 1
   # Row = flat index over the leading dims, column = last-dim index: no counter overflows
   # until a tensor has 2^32 rows.
-  row = jnp.zeros(shape, jnp.uint32)
+  row = jnp.zeros(shape, jnp.uint32) + jnp.asarray(row_offset, jnp.uint32)
   stride = 1
   for axis in range(len(shape) - 2, -1, -1):
     row = row + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
@@ -43,10 +47,10 @@ def hash_bits(key, shape) -> jax.Array:
   return _fmix32((h ^ key[1]) + col * jnp.uint32(0x7FEB352D) + jnp.uint32(cols))
 
 
-def keep_mask(key, shape, rate: float) -> jax.Array:
+def keep_mask(key, shape, rate: float, row_offset=0) -> jax.Array:
   """Bool mask, True with probability 1 - rate (exact to 2^-32)."""
   threshold = min(int(round(rate * 2.0 ** 32)), 2 ** 32 - 1)
-  return hash_bits(key, shape) >= jnp.uint32(threshold)
+  return hash_bits(key, shape, row_offset) >= jnp.uint32(threshold)
 
 
 class Dropout(nn.Module):

@@ -19,17 +19,22 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from glm_jax import attention as attention_lib
 from glm_jax import dropout as dropout_lib
 
-# The reference fills masked scores with the fp16 minimum, not -inf: a fully masked row
-# becomes a uniform distribution instead of NaN.
-MASK_FILL = -65504.0
+MASK_FILL = attention_lib.MASK_FILL
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# The attention core's output and log-sum-exp (glm_jax/attention.py) are [B, N, T, D] and
+# [B, N, T]: the dot policies keep them too, so the backward does not rerun the forward core.
+_ATTENTION_RESIDUALS = jax.checkpoint_policies.save_only_these_names("attention_out",
+                                                                     "attention_lse")
 _REMAT_POLICIES = {
     "full": None,  # save nothing; recompute the whole layer in the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.checkpoint_dots, _ATTENTION_RESIDUALS),
+    "dots_no_batch": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable, _ATTENTION_RESIDUALS),
     "save_nothing": jax.checkpoint_policies.nothing_saveable,
 }
 
@@ -49,6 +54,9 @@ class GLMConfig:
   attention_dropout: float = 0.1
   hidden_dropout: float = 0.1
   dropout_implementation: str = "hash"  # 'hash' (fast counter-based) or 'threefry' (nn.Dropout)
+  # 'manual_vjp': glm_jax/attention.py's hand-written backward (hash dropout only);
+  # 'autodiff': jax.grad of the plain einsum / softmax / einsum.
+  attention_implementation: str = "manual_vjp"
   layernorm_epsilon: float = 1e-5
   dtype: str = "float32"  # compute dtype: 'float32' or 'bfloat16'
   param_dtype: str = "float32"
@@ -69,6 +77,10 @@ class GLMConfig:
       raise ValueError(
           f"dropout_implementation must be one of {list(dropout_lib.IMPLEMENTATIONS)}, got "
           f"{self.dropout_implementation!r}.")
+    if self.attention_implementation not in ("manual_vjp", "autodiff"):
+      raise ValueError(
+          "attention_implementation must be 'manual_vjp' or 'autodiff', got "
+          f"{self.attention_implementation!r}.")
     if self.remat_policy != "none" and self.remat_policy not in _REMAT_POLICIES:
       raise ValueError(
           f"remat_policy must be 'none' or one of {sorted(_REMAT_POLICIES)}, got "
@@ -186,6 +198,31 @@ class SelfAttention(nn.Module):
 
     # The reference scales the keys: q @ (k / sqrt(d))^T.
     k = k * jnp.asarray(1.0 / math.sqrt(d), dtype)
+    dropout_on = not deterministic and cfg.attention_dropout > 0
+    hashed = dropout_on and cfg.dropout_implementation == "hash"
+    # One hash key per layer call: both implementations draw the same dropout mask from it.
+    key = (jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32) if hashed
+           else jnp.zeros((2,), jnp.uint32))
+    rate = cfg.attention_dropout if hashed else 0.0
+    if not decode and cfg.attention_implementation == "manual_vjp" and (hashed or not dropout_on):
+      heads_major = lambda t: jnp.swapaxes(t, 1, 2)  # [batch, heads, length, head_dim]
+      out = attention_lib.attention_core(heads_major(q), heads_major(k), heads_major(v),
+                                         mask, key, rate)
+      out = heads_major(out)  # [batch, length, heads, head_dim]
+    else:
+      out = self._autodiff_core(q, k, v, mask, sep, dropout_on, key, decode)
+    out = _constrain(out, act)
+
+    out_kernel = _param(self, "out_kernel", _normal(out_std), (heads, d, h),
+                        ("heads", "kv", "embed"), pdtype)
+    out_bias = _param(self, "out_bias", nn.initializers.zeros, (h,), ("embed",), pdtype)
+    y = jnp.einsum("btnd,ndh->bth", out, out_kernel.astype(dtype)) + out_bias.astype(dtype)
+    return y
+
+  def _autodiff_core(self, q, k, v, mask, sep, dropout_on, key, decode):
+    """The attention core as plain einsums (decoding, threefry dropout, the reference path)."""
+    cfg = self.config
+    dtype = cfg.compute_dtype
     if decode:
       # Cached keys are [batch, heads, head_dim, length] and values [batch, heads, length,
       # head_dim], the layouts the two dots read, so no step re-lays-out the whole cache.
@@ -195,20 +232,16 @@ class SelfAttention(nn.Module):
       scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(mask[:, None, :, :], scores, MASK_FILL)
     probs = jax.nn.softmax(scores, axis=-1)  # float32
-    if not deterministic and cfg.attention_dropout > 0:
-      probs = dropout_lib.Dropout(cfg.attention_dropout, cfg.dropout_implementation)(
-          probs, deterministic=False)
+    if dropout_on and cfg.dropout_implementation == "hash":
+      keep = dropout_lib.keep_mask(key, probs.shape, cfg.attention_dropout)
+      probs = jnp.where(keep, probs / (1.0 - cfg.attention_dropout), 0.0)
+    elif dropout_on:
+      probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
     if decode:
       out = jnp.einsum("bnqk,bnkd->bqnd", probs.astype(dtype), v)
     else:
       out = jnp.einsum("bnqk,bknd->bqnd", probs.astype(dtype), v)
-    out = _constrain(out, act)
-
-    out_kernel = _param(self, "out_kernel", _normal(out_std), (heads, d, h),
-                        ("heads", "kv", "embed"), pdtype)
-    out_bias = _param(self, "out_bias", nn.initializers.zeros, (h,), ("embed",), pdtype)
-    y = jnp.einsum("btnd,ndh->bth", out, out_kernel.astype(dtype)) + out_bias.astype(dtype)
-    return y
+    return out
 
   def _update_cache(self, k, v, sep, valid):
     """Appends scaled k / v [B, T, heads, d] to the cache; returns the cache and the mask.

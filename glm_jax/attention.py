@@ -1,0 +1,144 @@
+"""GLM's attention core, q [B,N,T,D] x k, v -> out [B,N,T,D], with a hand-written backward.
+
+Autodiff of softmax(q k^T) v over whole [B, N, T, T] tensors is memory-bound on a CPU (GLM-Base:
+50 MB per score tensor, well past the caches) and lets XLA pick slow backward layouts (it
+transposes the probabilities for dV = P^T dO and reduces rowsum(dP * P) inside a dot). Here
+- the work runs in blocks of one row and a few heads (`heads_per_block`, ~2 MB of scores at
+  T = 512), so every [T, T] temporary stays in cache;
+- the backward computes dV^T = dO^T P and dK^T = Q^T dS (only [T, D] operands transposed) and
+  takes the softmax correction from rowsum(dO * O) (FlashAttention's D, exact with dropout);
+- scores are recomputed from q, k and the saved log-sum-exp, and the dropout mask from its hash
+  key (glm_jax/dropout.py, indexed by the element's place in the whole tensor, so blocks do not
+  change it): only out and lse are kept besides the inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from glm_jax import dropout as dropout_lib
+
+# The reference fills masked scores with the fp16 minimum, not -inf: a fully masked row
+# becomes a uniform distribution instead of NaN.
+MASK_FILL = -65504.0
+_BLOCK_SCORES = 1 << 19  # scores per block: 2 MiB of float32
+
+
+def heads_per_block(num_heads: int, length: int) -> int:
+  """Largest divisor of num_heads whose block of [length, length] scores fits _BLOCK_SCORES."""
+  best = 1
+  for g in range(1, num_heads + 1):
+    if num_heads % g == 0 and g * length * length <= _BLOCK_SCORES:
+      best = g
+  return best
+
+
+def _scores(q, k, mask):
+  """Masked float32 scores [G, Tq, Tk] of q [G, Tq, D], k [G, Tk, D]; mask [Tq, Tk]."""
+  s = jnp.einsum("gqd,gkd->gqk", q, k, preferred_element_type=jnp.float32)
+  return jnp.where(mask[None], s, MASK_FILL)
+
+
+def _dropped(x, key, rate, row_offset):
+  if rate == 0.0:
+    return x
+  keep = dropout_lib.keep_mask(key, x.shape, rate, row_offset)
+  return jnp.where(keep, x * (1.0 / (1.0 - rate)), 0.0)
+
+
+def _block_forward(q, k, v, mask, key, rate, row_offset):
+  s = _scores(q, k, mask)
+  m = jnp.max(s, axis=-1, keepdims=True)
+  e = jnp.exp(s - m)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  p = _dropped(e / total, key, rate, row_offset)
+  out = jnp.einsum("gqk,gkd->gqd", p.astype(v.dtype), v)
+  return out, m + jnp.log(total)  # lse [G, Tq, 1]
+
+
+def _block_backward(q, k, v, mask, key, rate, row_offset, out, lse, d_out):
+  dtype = v.dtype
+  p = jnp.exp(_scores(q, k, mask) - lse)  # float32 [G, Tq, Tk]
+  d_out = d_out.astype(dtype)
+  dv = jnp.einsum("gqd,gqk->gdk", d_out, _dropped(p, key, rate, row_offset).astype(dtype))
+  dp = jnp.einsum("gqd,gkd->gqk", d_out, v, preferred_element_type=jnp.float32)
+  dp = _dropped(dp, key, rate, row_offset)  # the forward's mask and scale
+  correction = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
+                       keepdims=True)  # rowsum(dO * O) = rowsum(dP * P)
+  ds = (p * (dp - correction)).astype(dtype)
+  dq = jnp.einsum("gqk,gkd->gqd", ds, k)
+  dk = jnp.einsum("gqd,gqk->gdk", q, ds)
+  return dq, jnp.swapaxes(dk, -1, -2), jnp.swapaxes(dv, -1, -2)
+
+
+def _blocks(x, group):
+  """[B, N, ...] -> [B * N / group, group, ...]."""
+  return x.reshape(x.shape[0] * x.shape[1] // group, group, *x.shape[2:])
+
+
+def _unblocks(x, batch):
+  return x.reshape(batch, x.shape[0] * x.shape[1] // batch, *x.shape[2:])
+
+
+def _block_args(num_heads, length, group, mask, index):
+  """The mask row and the dropout row offset of block `index`."""
+  blocks_per_row = num_heads // group
+  row = index // blocks_per_row
+  offset = (index * group * length).astype(jnp.uint32)  # (b * N + first head) * T
+  return jax.lax.dynamic_index_in_dim(mask, row, keepdims=False), offset
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def attention_core(q, k, v, mask, key, rate: float):
+  """softmax(q k^T masked) (hash dropout with `key`) v; q, k, v [B, N, T, D], mask [B, T, T]."""
+  return _forward(q, k, v, mask, key, rate)[0]
+
+
+def _forward(q, k, v, mask, key, rate):
+  batch, heads, length, _ = q.shape
+  group = heads_per_block(heads, length)
+
+  def block(args):
+    qb, kb, vb, index = args
+    mask_b, offset = _block_args(heads, length, group, mask, index)
+    return _block_forward(qb, kb, vb, mask_b, key, rate, offset)
+
+  indices = jnp.arange(batch * heads // group)
+  out, lse = jax.lax.map(block, (_blocks(q, group), _blocks(k, group), _blocks(v, group),
+                                 indices))
+  out = checkpoint_name(_unblocks(out, batch), "attention_out")
+  lse = checkpoint_name(_unblocks(lse, batch), "attention_lse")
+  return out, (q, k, v, mask, key, out, lse)
+
+
+def _backward(rate, residuals, d_out):
+  q, k, v, mask, key, out, lse = residuals
+  batch, heads, length, _ = q.shape
+  group = heads_per_block(heads, length)
+
+  def block(args):
+    qb, kb, vb, ob, lb, db, index = args
+    mask_b, offset = _block_args(heads, length, group, mask, index)
+    return _block_backward(qb, kb, vb, mask_b, key, rate, offset, ob, lb, db)
+
+  blocked = [_blocks(x, group) for x in (q, k, v, out, lse, d_out)]
+  indices = jnp.arange(batch * heads // group)
+  dq, dk, dv = jax.lax.map(block, (*blocked, indices))
+  return _unblocks(dq, batch), _unblocks(dk, batch), _unblocks(dv, batch), None, None
+
+
+attention_core.defvjp(_forward, _backward)
+
+
+def attention_reference(q, k, v, mask, key, rate: float):
+  """The same function as `attention_core` in plain jnp, differentiated by autodiff (tests)."""
+  s = jnp.einsum("bnqd,bnkd->bnqk", q, k, preferred_element_type=jnp.float32)
+  s = jnp.where(mask[:, None], s, MASK_FILL)
+  p = jax.nn.softmax(s, axis=-1)
+  if rate:
+    p = jnp.where(dropout_lib.keep_mask(key, p.shape, rate), p / (1.0 - rate), 0.0)
+  return jnp.einsum("bnqk,bnkd->bnqd", p.astype(v.dtype), v)
