@@ -23,8 +23,22 @@ def weighted_cross_entropy(logits, targets, weights, label_smoothing: float = 0.
   if label_smoothing:
     mean_logit = jnp.mean(logits, axis=-1)
     nll = (1.0 - label_smoothing) * nll + label_smoothing * (log_z - mean_logit)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  correct = target_is_argmax(logits, targets).astype(jnp.float32)
   return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct * weights)
+
+
+def target_is_argmax(logits, targets):
+  """argmax(logits, -1) == targets, [B, T] bool, without the argmax.
+
+  XLA:CPU runs argmax as a (value, index) reduction that cost 137 ms on GLM-Base's [4, 512,
+  30592] logits; this is one compare-and-any pass (16 ms). The target wins iff no earlier
+  entry is >= its logit and no later one is >, which is argmax's first-index tie rule.
+  """
+  targets = targets.astype(jnp.int32)[..., None]
+  target_logit = jnp.take_along_axis(logits, targets, axis=-1)
+  index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  beaten = jnp.where(index < targets, logits >= target_logit, logits > target_logit)
+  return jnp.logical_not(jnp.any(beaten, axis=-1))
 
 
 def per_token_cross_entropy(logits, targets):

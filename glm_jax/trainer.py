@@ -31,11 +31,6 @@ def _zeros_like_tree(tree):
   return jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
-  return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
-
-
 @gin.configurable
 class Trainer:
   """Builds jitted, sharded init / train / eval functions for one model on one mesh.
@@ -168,18 +163,23 @@ class Trainer:
     denominator = jnp.where(weight_sum > 0, weight_sum, 1.0)
     grads = jax.tree_util.tree_map(lambda g: g / denominator.astype(g.dtype), grads)
     loss = loss_sum / denominator
+    grad_norm = optax.global_norm(grads)
+    # An Inf or NaN anywhere in the gradients makes the norm's sum of squares non-finite, so
+    # one scalar decides; the optimizer then runs only on finite steps (no full-state select).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & _all_finite(grads)
-    keep = lambda new, old: jnp.where(finite, new, old)  # pylint: disable=unnecessary-lambda-assignment
-    params = jax.tree_util.tree_map(keep, params, state.params)
-    opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
+    def apply(params_and_opt):
+      params, opt_state = params_and_opt
+      updates, opt_state = self.optimizer.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    params, opt_state = jax.lax.cond(finite, apply, lambda unchanged: unchanged,
+                                     (state.params, state.opt_state))
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
 
     metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": grad_norm,
         "learning_rate": self.learning_rate_fn(state.step),
         "weight_sum": weight_sum,
         "nonfinite": jnp.logical_not(finite),

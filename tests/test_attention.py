@@ -20,9 +20,11 @@ def _inputs(seed=0):
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.3])
-@pytest.mark.parametrize("block_scores", [T * T, 2 * T * T, 1 << 19])  # 1, 2, all heads
-def test_values_and_gradients_match_autodiff(rate, block_scores, monkeypatch):
-  monkeypatch.setattr(attention, "_BLOCK_SCORES", block_scores)
+@pytest.mark.parametrize("forward_scores,backward_scores",
+                         [(T * T, T * T), (2 * T * T, T * T), (1 << 19, 2 * T * T)])  # heads
+def test_values_and_gradients_match_autodiff(rate, forward_scores, backward_scores, monkeypatch):
+  monkeypatch.setattr(attention, "_FORWARD_BLOCK_SCORES", forward_scores)
+  monkeypatch.setattr(attention, "_BACKWARD_BLOCK_SCORES", backward_scores)
   q, k, v, d_out, mask = _inputs()
   key = jnp.asarray([11, 12], jnp.uint32)
 
@@ -37,9 +39,10 @@ def test_values_and_gradients_match_autodiff(rate, block_scores, monkeypatch):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_heads_per_block_keeps_a_block_near_two_mebibytes():
-  assert attention.heads_per_block(12, 512) == 2
+def test_heads_per_block_keeps_a_block_within_its_budget():
+  assert attention.heads_per_block(12, 512) == 2  # forward: 2 MiB
   assert attention.heads_per_block(4, 512) == 2
+  assert attention.heads_per_block(12, 512, 1 << 18) == 1  # backward: 1 MiB
   assert attention.heads_per_block(16, 1024) == 1
   assert attention.heads_per_block(12, 64) == 12
   assert attention.heads_per_block(7, 300) == 1  # only divisors of the head count

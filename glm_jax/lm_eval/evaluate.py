@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glm_jax import decoding
+from glm_jax import decoding, losses
 from glm_jax.lm_eval import blank_rows, lambada as lambada_lib, wikitext as wikitext_lib
 from glm_jax.lm_eval import xsum as xsum_lib
 from glm_jax.model import GLM
@@ -36,7 +36,7 @@ def _scorer(config):
     logp = jax.nn.log_softmax(logits, axis=-1)
     target_logp = jnp.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
     w = batch["loss_weights"]
-    hit = (jnp.argmax(logits, -1) == batch["targets"]) | (w == 0)
+    hit = losses.target_is_argmax(logits, batch["targets"]) | (w == 0)
     return -jnp.sum(target_logp * w, -1), jnp.sum(w, -1), jnp.all(hit, -1)
 
   return jax.jit(score)
