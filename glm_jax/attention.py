@@ -6,8 +6,10 @@ transposes the probabilities for dV = P^T dO and reduces rowsum(dP * P) inside a
 - the work runs in blocks of one row and a few heads (`heads_per_block`: 2 MiB of scores in the
   forward, 1 MiB in the backward, which keeps three [T, T] temporaries live: one head at
   T = 512, a core's L2), so every [T, T] temporary stays in cache;
-- the backward computes dV^T = dO^T P and dK^T = Q^T dS (only [T, D] operands transposed) and
-  takes the softmax correction from rowsum(dO * O) (FlashAttention's D, exact with dropout);
+- the backward computes dV^T = dO^T P and dK^T = Q^T dS from Q^T and dO^T (small [D, T]
+  operands transposed once, outside the block loop, so every dot has the row-major layout
+  the fast kernels take) and the softmax correction from rowsum(dO * O) (FlashAttention's D,
+  exact with dropout);
 - scores are recomputed from q, k and the saved log-sum-exp, and the dropout mask from its hash
   key (glm_jax/dropout.py, indexed by the element's place in the whole tensor, so blocks do not
   change it): only out and lse are kept besides the inputs.
@@ -65,18 +67,21 @@ def _block_forward(q, k, v, mask, key, rate, row_offset):
   return out, m + jnp.log(total)  # lse [G, Tq, 1]
 
 
-def _block_backward(q, k, v, mask, key, rate, row_offset, out, lse, d_out):
+def _block_backward(q, q_t, k, v, mask, key, rate, row_offset, out, lse, d_out, d_out_t):
+  """One block's dq [G,Tq,D], dk, dv; q_t, d_out_t are q, d_out as [G, D, T]."""
   dtype = v.dtype
   p = jnp.exp(_scores(q, k, mask) - lse)  # float32 [G, Tq, Tk]
   d_out = d_out.astype(dtype)
-  dv = jnp.einsum("gqd,gqk->gdk", d_out, _dropped(p, key, rate, row_offset).astype(dtype))
+  # dV^T = dO^T P and dK^T = Q^T dS from transposed [T, D] operands: both dots then contract
+  # the left operand's last axis and the right one's first, the layout the fast kernels take.
+  dv = jnp.einsum("gdq,gqk->gdk", d_out_t, _dropped(p, key, rate, row_offset).astype(dtype))
   dp = jnp.einsum("gqd,gkd->gqk", d_out, v, preferred_element_type=jnp.float32)
   dp = _dropped(dp, key, rate, row_offset)  # the forward's mask and scale
   correction = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
                        keepdims=True)  # rowsum(dO * O) = rowsum(dP * P)
   ds = (p * (dp - correction)).astype(dtype)
   dq = jnp.einsum("gqk,gkd->gqd", ds, k)
-  dk = jnp.einsum("gqd,gqk->gdk", q, ds)
+  dk = jnp.einsum("gdq,gqk->gdk", q_t, ds)
   return dq, jnp.swapaxes(dk, -1, -2), jnp.swapaxes(dv, -1, -2)
 
 
@@ -126,11 +131,13 @@ def _backward(rate, residuals, d_out):
   group = heads_per_block(heads, length, _BACKWARD_BLOCK_SCORES)
 
   def block(args):
-    qb, kb, vb, ob, lb, db, index = args
+    qb, qtb, kb, vb, ob, lb, db, dtb, index = args
     mask_b, offset = _block_args(heads, length, group, mask, index)
-    return _block_backward(qb, kb, vb, mask_b, key, rate, offset, ob, lb, db)
+    return _block_backward(qb, qtb, kb, vb, mask_b, key, rate, offset, ob, lb, db, dtb)
 
-  blocked = [_blocks(x, group) for x in (q, k, v, out, lse, d_out)]
+  d_out = d_out.astype(v.dtype)
+  q_t, d_out_t = jnp.swapaxes(q, -1, -2), jnp.swapaxes(d_out, -1, -2)  # [B, N, D, T]
+  blocked = [_blocks(x, group) for x in (q, q_t, k, v, out, lse, d_out, d_out_t)]
   indices = jnp.arange(batch * heads // group)
   dq, dk, dv = jax.lax.map(block, (*blocked, indices))
   return _unblocks(dq, batch), _unblocks(dk, batch), _unblocks(dv, batch), None, None

@@ -21,14 +21,16 @@ import jax.numpy as jnp
 
 from glm_jax import attention as attention_lib
 from glm_jax import dropout as dropout_lib
+from glm_jax import matmul
 
 MASK_FILL = attention_lib.MASK_FILL
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # The attention core's output and log-sum-exp (glm_jax/attention.py) are [B, N, T, D] and
 # [B, N, T]: the dot policies keep them too, so the backward does not rerun the forward core.
-_ATTENTION_RESIDUALS = jax.checkpoint_policies.save_only_these_names("attention_out",
-                                                                     "attention_lse")
+# glm_jax/matmul.py's projections are custom_vjp calls, named so that these policies save them.
+_ATTENTION_RESIDUALS = jax.checkpoint_policies.save_only_these_names(
+    "attention_out", "attention_lse", matmul.OUTPUT_NAME)
 _REMAT_POLICIES = {
     "full": None,  # save nothing; recompute the whole layer in the backward pass
     "dots": jax.checkpoint_policies.save_from_both_policies(
@@ -191,7 +193,7 @@ class SelfAttention(nn.Module):
                         ("embed", "qkv", "heads", "kv"), pdtype)
     qkv_bias = _param(self, "qkv_bias", nn.initializers.zeros, (3, heads, d),
                       ("qkv", "heads", "kv"), pdtype)
-    qkv = jnp.einsum("bth,hcnd->btcnd", x, qkv_kernel.astype(dtype)) + qkv_bias.astype(dtype)
+    qkv = matmul.einsum("bth,hcnd->btcnd", x, qkv_kernel.astype(dtype)) + qkv_bias.astype(dtype)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [batch, length, heads, head_dim]
     act = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
     q, k, v = _constrain(q, act), _constrain(k, act), _constrain(v, act)
@@ -216,7 +218,7 @@ class SelfAttention(nn.Module):
     out_kernel = _param(self, "out_kernel", _normal(out_std), (heads, d, h),
                         ("heads", "kv", "embed"), pdtype)
     out_bias = _param(self, "out_bias", nn.initializers.zeros, (h,), ("embed",), pdtype)
-    y = jnp.einsum("btnd,ndh->bth", out, out_kernel.astype(dtype)) + out_bias.astype(dtype)
+    y = matmul.einsum("btnd,ndh->bth", out, out_kernel.astype(dtype)) + out_bias.astype(dtype)
     return y
 
   def _autodiff_core(self, q, k, v, mask, sep, dropout_on, key, decode):
@@ -294,10 +296,10 @@ class MLP(nn.Module):
     bi = _param(self, "wi_bias", nn.initializers.zeros, (f,), ("mlp",), pdtype)
     wo = _param(self, "wo_kernel", _normal(out_std), (f, h), ("mlp", "embed"), pdtype)
     bo = _param(self, "wo_bias", nn.initializers.zeros, (h,), ("embed",), pdtype)
-    y = jnp.einsum("bth,hf->btf", x, wi.astype(dtype)) + bi.astype(dtype)
+    y = matmul.einsum("bth,hf->btf", x, wi.astype(dtype)) + bi.astype(dtype)
     y = gelu_tanh(y)
     y = _constrain(y, ("activation_batch", "activation_length", "activation_mlp"))
-    return jnp.einsum("btf,fh->bth", y, wo.astype(dtype)) + bo.astype(dtype)
+    return matmul.einsum("btf,fh->bth", y, wo.astype(dtype)) + bo.astype(dtype)
 
 
 class TransformerLayer(nn.Module):
@@ -392,8 +394,7 @@ class GLM(nn.Module):
 
     x = LayerNorm(cfg.layernorm_epsilon, dtype, pdtype, name="final_layernorm")(x)
     # Tied output layer, no bias; float32 logits whatever the compute dtype.
-    logits = jnp.einsum("bth,vh->btv", x, embedding.astype(dtype),
-                        preferred_element_type=jnp.float32)
+    logits = matmul.einsum("bth,vh->btv", x, embedding.astype(dtype), jnp.float32)
     return _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
 
