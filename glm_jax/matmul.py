@@ -2,16 +2,20 @@
 
 The weight gradient of `einsum('bth,hf->btf', x, w)` contracts the batch and length axes,
 which lead both operands. XLA:CPU then either runs it as a transposed-operand Eigen dot or
-copies one operand and still contracts a leading axis; on a 2-core Zen 4 those products ran
-at half the speed of the forward's. Here the backward transposes one operand itself, so the
+copies one operand (for the tied output layer, the [B, T, vocab] logits gradient) and still
+contracts a leading axis. Here the backward transposes the smaller operand itself, so the
 contraction is over the trailing axes of the left operand and the leading axes of the right
 one (the layout the fast matmul kernels take), behind an optimization barrier so that XLA
-cannot fold the transpose back into the dot. Values and gradients are those of jnp.einsum.
+cannot fold the transpose back into the dot. Measured on the 2-core Zen 4 (model forward +
+backward, interleaved runs): transposing the smaller operand instead of always x took the
+4 layers / 256 shape from 0.74 to 0.66 s and GLM-Base from 9.4 to 8.9 s. Values and
+gradients are those of jnp.einsum.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 from jax.ad_checkpoint import checkpoint_name
@@ -32,23 +36,24 @@ def _parse(spec: str):
   return x, w, out
 
 
-def weight_gradient_plan(spec: str):
-  """How dw is computed: (lhs, lhs_order, rhs, rhs_order, dw_spec) for 'x,w->y'.
+def weight_gradient_plan(spec: str, x_shape, w_shape):
+  """How dw is computed: (lhs, lhs_axes, rhs, rhs_axes, product_axes) for 'x,w->y'.
 
-  lhs / rhs name the operands ('x' or 'dy'); *_order is the axis order each is transposed to
-  (contracted axes last for lhs, first for rhs); dw_spec is the einsum on the transposed pair.
+  lhs / rhs name the operands ('x' or 'dy'), *_axes the axis order each is transposed to
+  (contracted batch axes last for lhs, first for rhs). The operand transposed is the one
+  with fewer elements per batch position (for the tied output layer that is x, not the
+  [B, T, vocab] logits gradient); the product, in product_axes order, is then transposed to
+  w's order, which is cheap: it has the size of w.
   """
   x, w, out = _parse(spec)
+  sizes = dict(zip(x, x_shape)) | dict(zip(w, w_shape))
   batch = "".join(name for name in out if name not in w)  # contracted in dw: [b, t]
-  from_x = [name for name in w if name in x]
-  # w's leading axis decides which operand comes first, so dw needs no final transpose.
-  if w[0] in x:
-    lhs, lhs_axes = "x", "".join(from_x) + batch
-    rhs, rhs_axes = "dy", batch + "".join(name for name in w if name not in x)
-  else:
-    lhs, lhs_axes = "dy", "".join(name for name in w if name not in x) + batch
-    rhs, rhs_axes = "x", batch + "".join(from_x)
-  return lhs, lhs_axes, rhs, rhs_axes, f"{lhs_axes},{rhs_axes}->{w}"
+  from_x = "".join(name for name in w if name in x)  # w's axes contracted in the forward
+  from_dy = "".join(name for name in w if name not in x)  # w's axes kept in the output
+  numel = lambda axes: math.prod(sizes[name] for name in axes)  # pylint: disable=unnecessary-lambda-assignment
+  if numel(from_x) <= numel(from_dy):
+    return "x", from_x + batch, "dy", batch + from_dy, from_x + from_dy
+  return "dy", from_dy + batch, "x", batch + from_x, from_dy + from_x
 
 
 def _transposed(array, axes: str, order: str):
@@ -77,13 +82,16 @@ def _backward(spec, preferred_element_type, residuals, dy):
   x_axes, w_axes, out_axes = _parse(spec)
   dy = dy.astype(x.dtype)
   dx = jnp.einsum(f"{out_axes},{w_axes}->{x_axes}", dy, w)
-  lhs, lhs_order, rhs, rhs_order, dw_spec = weight_gradient_plan(spec)
+  lhs, lhs_axes, rhs, rhs_axes, product_axes = weight_gradient_plan(spec, x.shape, w.shape)
   operands = {"x": (x, x_axes), "dy": (dy, out_axes)}
-  a = _transposed(*operands[lhs], lhs_order)
-  b = _transposed(*operands[rhs], rhs_order)
+  a = _transposed(*operands[lhs], lhs_axes)
+  b = _transposed(*operands[rhs], rhs_axes)
   a, b = jax.lax.optimization_barrier((a, b))
-  dw = jnp.einsum(dw_spec, a, b, preferred_element_type=jnp.float32).astype(w.dtype)
-  return dx, dw
+  dw = jnp.einsum(f"{lhs_axes},{rhs_axes}->{product_axes}", a, b,
+                  preferred_element_type=jnp.float32)
+  if product_axes != w_axes:  # keep XLA from folding this transpose into the product
+    dw = _transposed(jax.lax.optimization_barrier(dw), product_axes, w_axes)
+  return dx, dw.astype(w.dtype)
 
 
 _einsum.defvjp(_forward, _backward)

@@ -44,11 +44,17 @@ def test_bfloat16_operands_give_bfloat16_gradients():
   np.testing.assert_allclose(np.asarray(dw, np.float32), 6.0)
 
 
-def test_weight_gradient_contracts_trailing_axes_of_the_left_operand():
-  assert matmul.weight_gradient_plan("bth,hf->btf") == ("x", "hbt", "dy", "btf", "hbt,btf->hf")
-  assert matmul.weight_gradient_plan("bth,vh->btv") == ("dy", "vbt", "x", "bth", "vbt,bth->vh")
-  assert matmul.weight_gradient_plan("btnd,ndh->bth") == (
-      "x", "ndbt", "dy", "bth", "ndbt,bth->ndh")
+def test_weight_gradient_transposes_the_smaller_operand():
+  # MLP in: x [B,T,768] is smaller than dy [B,T,3072]; MLP out: dy is, and the [h, f]
+  # product is transposed to w's [f, h]; the tied output layer never transposes the logits.
+  assert matmul.weight_gradient_plan("bth,hf->btf", (4, 512, 768), (768, 3072)) == (
+      "x", "hbt", "dy", "btf", "hf")
+  assert matmul.weight_gradient_plan("btf,fh->bth", (4, 512, 3072), (3072, 768)) == (
+      "dy", "hbt", "x", "btf", "hf")
+  assert matmul.weight_gradient_plan("bth,vh->btv", (4, 512, 768), (30592, 768)) == (
+      "x", "hbt", "dy", "btv", "hv")
+  assert matmul.weight_gradient_plan("btnd,ndh->bth", (4, 512, 12, 64), (12, 64, 768)) == (
+      "x", "ndbt", "dy", "bth", "ndh")
 
 
 def test_dots_remat_policy_saves_the_projection_instead_of_recomputing_it():
@@ -68,4 +74,4 @@ def test_dots_remat_policy_saves_the_projection_instead_of_recomputing_it():
 
 def test_an_index_summed_within_one_operand_is_refused():
   with pytest.raises(ValueError, match="each index must appear once"):
-    matmul.weight_gradient_plan("bth,hf->bf")
+    matmul.weight_gradient_plan("bth,hf->bf", (2, 3, 4), (4, 5))
