@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -13,18 +15,54 @@ def weighted_cross_entropy(logits, targets, weights, label_smoothing: float = 0.
   loss is logsumexp(logits) - logits[target], as the reference's vocab-parallel CE. With
   label smoothing the target distribution is (1 - eps) one-hot + eps / V.
   Returns (loss_sum, weight_sum, correct_sum), float32 scalars; the mean loss of a batch is
-  loss_sum / weight_sum.
+  loss_sum / weight_sum. Only loss_sum is differentiable (with respect to logits).
   """
   logits = logits.astype(jnp.float32)
-  weights = weights.astype(jnp.float32)
-  log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, T]
-  target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  nll = log_z - target_logit
+  targets = targets.astype(jnp.int32)
+  weights = jax.lax.stop_gradient(weights.astype(jnp.float32))
+  loss_sum = _loss_sum(logits, targets, weights, label_smoothing)
+  correct = target_is_argmax(jax.lax.stop_gradient(logits), targets).astype(jnp.float32)
+  return loss_sum, jnp.sum(weights), jnp.sum(correct * weights)
+
+
+def _nll(logits, targets, label_smoothing):
+  """Per-token loss [B, T] and the log-partition [B, T, 1]."""
+  log_z = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)
+  nll = (log_z - target_logit)[..., 0]
   if label_smoothing:
-    mean_logit = jnp.mean(logits, axis=-1)
-    nll = (1.0 - label_smoothing) * nll + label_smoothing * (log_z - mean_logit)
-  correct = target_is_argmax(logits, targets).astype(jnp.float32)
-  return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct * weights)
+    nll = (1.0 - label_smoothing) * nll + label_smoothing * (
+        log_z[..., 0] - jnp.mean(logits, axis=-1))
+  return nll, log_z
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _loss_sum(logits, targets, weights, label_smoothing):
+  return jnp.sum(_nll(logits, targets, label_smoothing)[0] * weights)
+
+
+def _loss_sum_forward(logits, targets, weights, label_smoothing):
+  nll, log_z = _nll(logits, targets, label_smoothing)
+  return jnp.sum(nll * weights), (logits, log_z, targets, weights)
+
+
+def _loss_sum_backward(label_smoothing, residuals, g):
+  """d/dlogits = (softmax - target distribution) * weight, in one pass over the logits.
+
+  Autodiff builds the one-hot with a scatter and adds it to the softmax gradient in separate
+  passes over the [B, T, V] tensor; here it is an iota compare inside the same loop.
+  """
+  logits, log_z, targets, weights = residuals
+  vocab = logits.shape[-1]
+  index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  target = jnp.where(index == targets[..., None], 1.0 - label_smoothing, 0.0)
+  if label_smoothing:
+    target = target + label_smoothing / vocab
+  d_logits = (jnp.exp(logits - log_z) - target) * (weights * g)[..., None]
+  return d_logits, None, None
+
+
+_loss_sum.defvjp(_loss_sum_forward, _loss_sum_backward)
 
 
 def target_is_argmax(logits, targets):

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from glm_jax import losses
 
@@ -34,3 +35,23 @@ def test_weighted_cross_entropy_sums_over_weighted_tokens():
   np.testing.assert_allclose(loss_sum, (nll * weights).sum(), rtol=1e-5)
   np.testing.assert_allclose(weight_sum, weights.sum())
   np.testing.assert_allclose(correct, ((logits.argmax(-1) == targets) * weights).sum())
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_loss_gradient_equals_autodiff_of_the_plain_formula(label_smoothing):
+  rng = np.random.RandomState(2)
+  logits = jnp.asarray(rng.randn(2, 6, 13).astype(np.float32) * 3)
+  targets = jnp.asarray(rng.randint(0, 13, (2, 6)))
+  weights = jnp.asarray((rng.rand(2, 6) < 0.5).astype(np.float32))
+
+  def plain(logits):
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+    smooth = -jnp.mean(logp, axis=-1)
+    return jnp.sum(((1 - label_smoothing) * nll + label_smoothing * smooth) * weights)
+
+  ours = jax.value_and_grad(
+      lambda l: losses.weighted_cross_entropy(l, targets, weights, label_smoothing)[0])(logits)
+  ref = jax.value_and_grad(plain)(logits)
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5)
+  np.testing.assert_allclose(ours[1], ref[1], rtol=1e-5, atol=1e-6)
