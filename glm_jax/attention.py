@@ -67,8 +67,12 @@ def _block_forward(q, k, v, mask, key, rate, row_offset):
   return out, m + jnp.log(total)  # lse [G, Tq, 1]
 
 
-def _block_backward(q, q_t, k, v, mask, key, rate, row_offset, out, lse, d_out, d_out_t):
-  """One block's dq [G,Tq,D], dk, dv; q_t, d_out_t are q, d_out as [G, D, T]."""
+def _block_backward(q, q_t, k, v, mask, key, rate, row_offset, lse, correction, d_out,
+                    d_out_t):
+  """One block's dq [G,Tq,D], dk, dv; q_t, d_out_t are q, d_out as [G, D, T].
+
+  correction [G, Tq, 1] is rowsum(dO * O) = rowsum(dP * P), FlashAttention's D.
+  """
   dtype = v.dtype
   p = jnp.exp(_scores(q, k, mask) - lse)  # float32 [G, Tq, Tk]
   d_out = d_out.astype(dtype)
@@ -77,8 +81,6 @@ def _block_backward(q, q_t, k, v, mask, key, rate, row_offset, out, lse, d_out, 
   dv = jnp.einsum("gdq,gqk->gdk", d_out_t, _dropped(p, key, rate, row_offset).astype(dtype))
   dp = jnp.einsum("gqd,gkd->gqk", d_out, v, preferred_element_type=jnp.float32)
   dp = _dropped(dp, key, rate, row_offset)  # the forward's mask and scale
-  correction = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
-                       keepdims=True)  # rowsum(dO * O) = rowsum(dP * P)
   ds = (p * (dp - correction)).astype(dtype)
   dq = jnp.einsum("gqk,gkd->gqd", ds, k)
   dk = jnp.einsum("gdq,gqk->gdk", q_t, ds)
@@ -131,13 +133,16 @@ def _backward(rate, residuals, d_out):
   group = heads_per_block(heads, length, _BACKWARD_BLOCK_SCORES)
 
   def block(args):
-    qb, qtb, kb, vb, ob, lb, db, dtb, index = args
+    qb, qtb, kb, vb, lb, cb, db, dtb, index = args
     mask_b, offset = _block_args(heads, length, group, mask, index)
-    return _block_backward(qb, qtb, kb, vb, mask_b, key, rate, offset, ob, lb, db, dtb)
+    return _block_backward(qb, qtb, kb, vb, mask_b, key, rate, offset, lb, cb, db, dtb)
 
   d_out = d_out.astype(v.dtype)
+  # Computed once for all blocks (a [B, N, T, D] multiply-reduce): one input fewer to slice.
+  correction = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
+                       keepdims=True)  # [B, N, T, 1]
   q_t, d_out_t = jnp.swapaxes(q, -1, -2), jnp.swapaxes(d_out, -1, -2)  # [B, N, D, T]
-  blocked = [_blocks(x, group) for x in (q, q_t, k, v, out, lse, d_out, d_out_t)]
+  blocked = [_blocks(x, group) for x in (q, q_t, k, v, lse, correction, d_out, d_out_t)]
   indices = jnp.arange(batch * heads // group)
   dq, dk, dv = jax.lax.map(block, (*blocked, indices))
   return _unblocks(dq, batch), _unblocks(dk, batch), _unblocks(dv, batch), None, None
