@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from glm_jax import attention as attention_lib
+from glm_jax import backend
 from glm_jax import dropout as dropout_lib
 from glm_jax import matmul
 
@@ -206,7 +207,10 @@ class SelfAttention(nn.Module):
     key = (jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32) if hashed
            else jnp.zeros((2,), jnp.uint32))
     rate = cfg.attention_dropout if hashed else 0.0
-    if not decode and cfg.attention_implementation == "manual_vjp" and (hashed or not dropout_on):
+    # The blocked core (glm_jax/attention.py) is for a single-device CPU (glm_jax/backend.py);
+    # both cores draw the same hash dropout mask, so the choice never changes the numbers.
+    if (not decode and cfg.attention_implementation == "manual_vjp"
+        and (hashed or not dropout_on) and backend.single_device_cpu()):
       heads_major = lambda t: jnp.swapaxes(t, 1, 2)  # [batch, heads, length, head_dim]
       out = attention_lib.attention_core(heads_major(q), heads_major(k), heads_major(v),
                                          mask, key, rate)

@@ -180,7 +180,7 @@ def plan_train_step(model, mesh_config, batch_size: int, seq_len: int, *,
                     hardware: Optional[Hardware] = None) -> Dict[str, Any]:
   """Compiles Trainer's train step for `mesh_config` from abstract shapes; returns the report."""
   import jax  # pylint: disable=g-import-not-at-top
-  from glm_jax import optim, partitioning  # pylint: disable=g-import-not-at-top
+  from glm_jax import backend, optim, partitioning  # pylint: disable=g-import-not-at-top
   from glm_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
   config = model.config
@@ -201,7 +201,10 @@ def plan_train_step(model, mesh_config, batch_size: int, seq_len: int, *,
   start = time.perf_counter()
   # The trainer's jitted step with its shardings and donation, traced as Trainer.train_step
   # traces it (under the mesh and the logical-axis rules).
-  lowered = trainer.lower_train_step(state, batch)
+  # On the platform projected onto (an accelerator unless --device=cpu), not this CPU.
+  target = "cpu" if hardware is not None and hardware.name.lower() == "cpu" else "accelerator"
+  with backend.tracing_for(target):
+    lowered = trainer.lower_train_step(state, batch)
   lower_s = time.perf_counter() - start
   start = time.perf_counter()
   compiled = lowered.compile()

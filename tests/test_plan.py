@@ -92,6 +92,9 @@ def test_optimizer_state_and_arguments_follow_the_parameters(mesh_plans):
   for m in (one, fsdp8):
     assert m["xla"]["temp_bytes"] > 0
     assert m["xla"]["peak_bytes"] >= m["xla"]["argument_bytes"] + m["xla"]["temp_bytes"]
+  # Each device holds an eighth of the batch's activations (fixed workspace aside). That the
+  # single-device CPU kernels stay off sharded meshes is tests/test_backend.py's check.
+  assert fsdp8["activations_temp_bytes"] < one["activations_temp_bytes"] / 4
 
 
 def test_flops_and_microbatching(mesh_plans):
