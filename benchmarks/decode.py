@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from glm_jax import host_memory  # pylint: disable=g-import-not-at-top
 
-host_memory.reexec_with_huge_pages()  # before JAX starts: see glm_jax/host_memory.py
+host_memory.reexec_with_tuned_malloc()  # before JAX starts: see glm_jax/host_memory.py
 
 from absl import app, flags  # pylint: disable=g-multiple-import
 import jax

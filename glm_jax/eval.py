@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 if __name__ == "__main__":
   from glm_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.reexec_with_huge_pages()
+  host_memory.reexec_with_tuned_malloc()
   # Run the importable module so its gin configurables are registered once, as glm_jax.eval.
   from glm_jax import eval as _eval_module  # pylint: disable=import-self
   _eval_module.cli()

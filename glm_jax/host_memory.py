@@ -1,20 +1,30 @@
-"""Transparent huge pages for host buffers: the command-line tools re-run themselves with them.
+"""glibc malloc settings for XLA:CPU's host buffers: the command-line tools re-run themselves with them.
 
-XLA:CPU allocates every large temporary with glibc malloc, which maps fresh pages for each
-one and returns them on free: a GLM-Base training step on the CPU first-touches ~3 GB of 4 KiB
-pages per step, and the page faults cost ~25% of the step. glibc >= 2.35 can back its heap and
-large mappings with 2 MiB transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1), but
-reads the setting only at process start, so the entry points (train, eval, infer, benchmarks)
-call `reexec_with_huge_pages()` first. GLM_JAX_HUGE_PAGES=0 turns this off.
+XLA:CPU allocates every large temporary with glibc malloc. By default glibc serves each one
+with a fresh mmap and unmaps it on free, so every step of a GLM-Base training run faults in
+gigabytes of new pages: ~7,600 page faults and 1.2 s of kernel time per forward + backward
+(the kernel zeroes each page), spread over both cores of the 2-core host. The settings here,
+read by glibc only at process start (GLIBC_TUNABLES):
+- malloc.hugetlb=1 (glibc >= 2.35, transparent huge pages on): 2 MiB pages, 512x fewer faults;
+- malloc.mmap_max=0, trim_threshold=64 GiB, top_pad=1 GiB, arena_max=1 (glibc >= 2.26): every
+  block comes from one heap that keeps what is freed, so the next step reuses the same pages
+  and faults none. Measured on GLM-Base forward + backward (benchmarks/model_step.py, two
+  alternating runs each): 219 -> 240 tokens/s, kernel time 1.2 -> 0.05 s per step.
+The process's resident memory then stays at its peak instead of shrinking between steps.
+The entry points (train, eval, infer, benchmarks) call `reexec_with_tuned_malloc()` before JAX
+starts; GLM_JAX_TUNED_MALLOC=0 turns it off. Tunables the user already set take precedence.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import List
 
-TUNABLE = "glibc.malloc.hugetlb=1"
-_DISABLE = "GLM_JAX_HUGE_PAGES"
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+RETAIN_FREED = ("glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=68719476736",
+                "glibc.malloc.top_pad=1073741824", "glibc.malloc.arena_max=1")
+_SWITCH = "GLM_JAX_TUNED_MALLOC"  # '0': off; '1' (set by the re-exec): already applied
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -43,22 +53,32 @@ def huge_pages_supported() -> bool:
   return "[always]" in setting or "[madvise]" in setting
 
 
-def huge_pages_enabled() -> bool:
-  """Whether this process was started with glibc's huge-page malloc."""
-  return "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", "")
+def tunables() -> List[str]:
+  """The GLIBC_TUNABLES entries this host supports (none off Linux glibc >= 2.26)."""
+  version = _glibc_version()
+  if not sys.platform.startswith("linux") or version is None or version < (2, 26):
+    return []
+  return ([HUGE_PAGES] if huge_pages_supported() else []) + list(RETAIN_FREED)
 
 
-def reexec_with_huge_pages() -> None:
-  """Replaces this process by the same command with GLIBC_TUNABLES huge pages, once.
+def malloc_tuned() -> bool:
+  """Whether this process was started by `reexec_with_tuned_malloc`."""
+  return os.environ.get(_SWITCH) == "1"
 
-  A no-op when already set, when GLM_JAX_HUGE_PAGES=0, or where the host cannot use them.
+
+def reexec_with_tuned_malloc() -> None:
+  """Replaces this process by the same command with the malloc tunables above, once.
+
+  A no-op when already applied, when GLM_JAX_TUNED_MALLOC=0, or where glibc cannot take them.
   """
-  if (huge_pages_enabled() or os.environ.get(_DISABLE, "1") == "0"
-      or not huge_pages_supported() or not getattr(sys, "orig_argv", None)):
+  ours = tunables()
+  if (malloc_tuned() or os.environ.get(_SWITCH, "1") == "0" or not ours
+      or not getattr(sys, "orig_argv", None)):
     return
   env = dict(os.environ)
-  tunables = env.get("GLIBC_TUNABLES", "")
-  env["GLIBC_TUNABLES"] = f"{tunables}:{TUNABLE}" if tunables else TUNABLE
+  # glibc applies the entries in order, so the user's own settings, last, win.
+  env["GLIBC_TUNABLES"] = ":".join(ours + [t for t in [env.get("GLIBC_TUNABLES", "")] if t])
+  env[_SWITCH] = "1"
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, list(sys.orig_argv), env)

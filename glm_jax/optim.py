@@ -44,6 +44,26 @@ def learning_rate_schedule(step, *, peak: float = 4e-4, warmup_steps: int = 0,
   return jnp.where(step < warmup_steps, warm, decayed)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """optax.clip_by_global_norm that can take the norm as `update(..., global_norm=n)`.
+
+  The trainer already computes the gradient norm (for metrics and the NaN check); passing it
+  saves a second read of every gradient inside the update. Same numbers as optax's.
+  """
+
+  def update(updates, state, params=None, *, global_norm=None, **extra_args):
+    del params, extra_args
+    norm = optax.global_norm(updates) if global_norm is None else global_norm
+    trigger = norm < max_norm
+
+    def clip(t):
+      return jax.lax.select(trigger, t, (t / norm.astype(t.dtype)) * max_norm)
+
+    return jax.tree_util.tree_map(clip, updates), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
+
+
 def decay_mask(params):
   """True for parameters that get weight decay: not biases, not LayerNorm parameters."""
 
@@ -78,7 +98,7 @@ def create_optimizer(*, total_steps: Optional[int] = None, learning_rate: float 
   lr_fn(0)  # validates the schedule name now, not inside a jit trace
   chain = []
   if clip_norm:
-    chain.append(optax.clip_by_global_norm(clip_norm))
+    chain.append(clip_by_global_norm(clip_norm))
   chain.append(optax.adamw(lr_fn, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                            mask=decay_mask))
   return optax.chain(*chain), lr_fn

@@ -18,7 +18,7 @@ import sys
 
 if __name__ == "__main__":
   from glm_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.reexec_with_huge_pages()
+  host_memory.reexec_with_tuned_malloc()
   # Run the importable module instead, so its gin configurables are registered once, under
   # glm_jax.train (the name gin files import), and not a second time under __main__.
   from glm_jax import train as _train_module  # pylint: disable=import-self

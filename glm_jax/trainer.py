@@ -51,7 +51,9 @@ class Trainer:
       raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}.")
     self.model = model
     self.partitioner = partitioner
-    self.optimizer = optimizer
+    # Extra update arguments (the precomputed gradient norm) are dropped for optimizers that
+    # take none.
+    self.optimizer = optax.with_extra_args_support(optimizer)
     self.learning_rate_fn = learning_rate_fn
     self.seed = seed
     self.num_microbatches = num_microbatches
@@ -161,16 +163,20 @@ class Trainer:
     grads, loss_sum, aux = self._gradients(state.params, batch, rng)
     weight_sum = aux["weight_sum"]
     denominator = jnp.where(weight_sum > 0, weight_sum, 1.0)
-    grads = jax.tree_util.tree_map(lambda g: g / denominator.astype(g.dtype), grads)
     loss = loss_sum / denominator
-    grad_norm = optax.global_norm(grads)
+    # The norm of the mean gradient grads / denominator, from one read of the summed gradients;
+    # the division itself happens inside `apply`, where XLA fuses it into the update's loops,
+    # and the clip reuses this norm (each full pass over GLM-Base's gradients is 0.5 GB).
+    grad_norm = optax.global_norm(grads) / denominator
     # An Inf or NaN anywhere in the gradients makes the norm's sum of squares non-finite, so
     # one scalar decides; the optimizer then runs only on finite steps (no full-state select).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def apply(params_and_opt):
       params, opt_state = params_and_opt
-      updates, opt_state = self.optimizer.update(grads, opt_state, params)
+      mean_grads = jax.tree_util.tree_map(lambda g: g / denominator.astype(g.dtype), grads)
+      updates, opt_state = self.optimizer.update(mean_grads, opt_state, params,
+                                                 global_norm=grad_norm)
       return optax.apply_updates(params, updates), opt_state
 
     params, opt_state = jax.lax.cond(finite, apply, lambda unchanged: unchanged,

@@ -82,3 +82,22 @@ def test_gradient_clipping_runs_before_adam():
   tx_free, _ = optim.create_optimizer(learning_rate=1.0, weight_decay=0.0, clip_norm=None)
   _, state_free = tx_free.update(g, tx_free.init(params), params)
   np.testing.assert_allclose(state_free[0][0].mu["w"], [3.0, 4.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0])  # below and above the clip norm of 1
+def test_clip_matches_optax_and_takes_a_precomputed_norm(scale):
+  rng = np.random.RandomState(0)
+  g = {"a": jnp.asarray(rng.randn(3, 4), jnp.float32), "b": jnp.asarray(rng.randn(5), jnp.float32)}
+  g = jax.tree_util.tree_map(lambda x: x * scale / float(optax.global_norm(g)), g)
+  expected, _ = optax.clip_by_global_norm(1.0).update(g, optax.EmptyState())
+  clip = optim.clip_by_global_norm(1.0)
+  state = clip.init(g)
+  computed, _ = clip.update(g, state)
+  given, _ = clip.update(g, state, global_norm=optax.global_norm(g))
+  for out in (computed, given):
+    for k in g:
+      np.testing.assert_allclose(out[k], expected[k], rtol=1e-6)
+  np.testing.assert_allclose(optax.global_norm(given), min(scale, 1.0), rtol=1e-5)
+  # The norm passed in is the one used: twice the true norm (>= 1 here) halves the result.
+  halved, _ = clip.update(g, state, global_norm=2.0 * optax.global_norm(g))
+  np.testing.assert_allclose(optax.global_norm(halved), 0.5, rtol=1e-5)
