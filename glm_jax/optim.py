@@ -48,7 +48,9 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
   """optax.clip_by_global_norm that can take the norm as `update(..., global_norm=n)`.
 
   The trainer already computes the gradient norm (for metrics and the NaN check); passing it
-  saves a second read of every gradient inside the update. Same numbers as optax's.
+  saves a second read of every gradient inside the update. A given norm must be that of the
+  updates this transformation receives (it comes first in `create_optimizer`'s chain).
+  Same numbers as optax's.
   """
 
   def update(updates, state, params=None, *, global_norm=None, **extra_args):
