@@ -102,3 +102,24 @@ def tiny_glm(vocab_size: int, max_sequence_length: int, initializer_std: float, 
   config = GLMConfig(vocab_size=vocab_size, num_layers=2, hidden_size=32, num_heads=4,
                      max_sequence_length=max_sequence_length, initializer_std=initializer_std)
   return config, init_params(config, jax.random.PRNGKey(seed))
+
+
+# Reference fixtures. The tests read compact subsets shipped in tests/fixtures/<set>/ (so
+# they run on any clone); the full sets in ../shared/fixtures/<set>/, where present, are
+# optional extra cases.
+SHIPPED_FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+SHARED_FIXTURES = os.path.join(os.path.dirname(REPO_ROOT), "shared", "fixtures")
+
+
+def shipped_fixture(*parts) -> str:
+  """Path of a file or folder in tests/fixtures (it must exist: it ships with the repo)."""
+  path = os.path.join(SHIPPED_FIXTURES, *parts)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing; tests/fixtures ships with the repository.")
+  return path
+
+
+def shared_fixture(*parts):
+  """Path in ../shared/fixtures if that optional full set is beside the checkout, else None."""
+  path = os.path.join(SHARED_FIXTURES, *parts)
+  return path if os.path.exists(path) else None
