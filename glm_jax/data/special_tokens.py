@@ -23,9 +23,21 @@ class SpecialTokens:
   dblock: Optional[int] = None
   # Ids of tokens that end a sentence (`. ? ! ; :` and newline-like pieces).
   sentence_end_ids: Tuple[int, ...] = ()
+  # Whether the model family was trained with task masks ([sMASK] / [gMASK]); without them
+  # the reference uses [MASK] for every objective, in evaluation and in generation.
+  task_mask: bool = True
 
   def mask_for(self, objective: str) -> int:
-    """The Part A mask token of an objective ('token', 'sentence', 'document')."""
+    """The Part A mask token of an objective ('token', 'sentence', 'document').
+
+    'document' is also the mask of open generation, LAMBADA and WikiText; 'sentence' that of
+    seq2seq (XSum). Without task masks every objective uses [MASK].
+    """
+    if objective not in ("token", "sentence", "document"):
+      raise ValueError(f"Unknown objective {objective!r}; use 'token', 'sentence' or "
+                       "'document'.")
+    if not self.task_mask:
+      return self.mask
     return {"token": self.mask, "sentence": self.smask, "document": self.gmask}[objective]
 
   def as_dict(self) -> dict:
