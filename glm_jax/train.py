@@ -284,7 +284,11 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
       if window_start is None or state_step % log_period == 0 or is_last or do_save:
         fetched = _fetch(pending)
         _check_nonfinite(fetched, nan_action, state_step, last_good, bar)
-        scalars = {k: float(v) for k, v in fetched[-1].items() if k != "nonfinite"}
+        scalars = {k: float(v) for k, v in fetched[-1].items()
+                   if k not in ("nonfinite", "optimizer_updates")}
+        # The rate the optimizer applied in this step (its schedule at its own update count,
+        # which a skipped non-finite step does not advance), in float64.
+        scalars["learning_rate"] = trainer.learning_rate(fetched[-1]["optimizer_updates"])
         scalars["loss"] = float(np.mean([m["loss"] for m in fetched]))
         now = time.perf_counter()
         if window_start is not None:
