@@ -227,9 +227,12 @@ def run(fixture_dir: str, name: str, init: str, model_dir: Optional[str] = None,
 
   spec, arrays = load_fixture(fixture_dir, name)
   recipe = recipe_from_spec(spec, arrays)
-  heads = int(spec.get("model", {}).get("num_attention_heads", 0)) or None
-  if heads is None:
-    raise ValueError("The fixture JSON's model has no num_attention_heads.")
+  heads = spec.get("model", {}).get("num_attention_heads") or spec.get(
+      "reference_arguments", {}).get("--num-attention-heads")
+  if not heads:
+    raise ValueError("The fixture JSON gives no number of attention heads (model."
+                     "num_attention_heads or --num-attention-heads).")
+  heads = int(heads)
   config, params = convert.from_official_state_dict(
       convert.load_official(init), num_heads=heads, embedding_dropout=0.0,
       attention_dropout=0.0, hidden_dropout=0.0)
@@ -256,6 +259,9 @@ def run(fixture_dir: str, name: str, init: str, model_dir: Optional[str] = None,
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
       logged = {int(r["step"]): r for r in map(json.loads, f) if "loss" in r}
     out = {"meta/name": np.asarray(name)}
+    missing = [k for k in range(1, recipe.num_steps + 1) if k not in logged]
+    if missing:
+      raise ValueError(f"metrics.jsonl has no record of step {missing[0]}; keep LOG_PERIOD = 1.")
     for k in range(1, recipe.num_steps + 1):
       out[f"step{k}/loss"] = np.float64(logged[k]["loss"])
       out[f"step{k}/lr"] = np.float64(logged[k]["learning_rate"])
