@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import http
 import http.client
 import http.server
 import logging
@@ -83,11 +84,41 @@ def _insert(request, response, storage, *args, **kwargs):
   return emulator_objects.insert(request, response, storage, *args, **kwargs)
 
 
+def _with_generation(handler):
+  """A read handler that also sends the object's generation headers, as GCS does.
+
+  tensorstore takes a read object's generation from `x-goog-generation` for its conditional
+  writes (OCDBT manifests); without it a concurrent write fails as 'Malformed
+  StorageGeneration'.
+  """
+
+  def read(request, response, storage, *args, **kwargs):
+    result = handler(request, response, storage, *args, **kwargs)
+    if response.status in (http.HTTPStatus.OK, http.HTTPStatus.PARTIAL_CONTENT):
+      try:
+        obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      except Exception:  # pylint: disable=broad-except
+        return result
+      response["x-goog-generation"] = obj["generation"]
+      response["x-goog-metageneration"] = obj.get("metageneration", "1")
+    return result
+
+  read.wrapped = handler
+  return read
+
+
+_FIXED = {}
+
+
 def _install_fixes() -> None:
-  """Routes uploads through _insert (idempotent; this process's emulator only)."""
-  emulator_server.HANDLERS = tuple(
-      (regex, {m: (_insert if h is emulator_objects.insert else h) for m, h in methods.items()})
-      for regex, methods in emulator_server.HANDLERS)
+  """Uploads through _insert, reads with generation headers (this process's emulator only)."""
+  if not _FIXED:
+    _FIXED.update({emulator_objects.insert: _insert,
+                   emulator_objects.get: _with_generation(emulator_objects.get),
+                   emulator_objects.download: _with_generation(emulator_objects.download)})
+    emulator_server.HANDLERS = tuple(
+        (regex, {m: _FIXED.get(h, h) for m, h in methods.items()})
+        for regex, methods in emulator_server.HANDLERS)
 
 
 # ------------------------------------------------------------------------------ TLS
