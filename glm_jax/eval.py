@@ -86,6 +86,10 @@ def evaluate_checkpoint(*, checkpoint: str = gin.REQUIRED,
   gin_utils.check_required(checkpoint=checkpoint)
   partitioner = partitioning.Partitioner(mesh_config)
   params, config, vocab_spec, step = checkpoints.load_sharded_params(checkpoint, partitioner)
+  if jax.process_index() == 0:
+    print(f"Restored step {step} of {checkpoint} into the mesh "
+          f"{partitioning.mesh_text(partitioner.mesh)} ({partitioning.placement(params)}).",
+          flush=True)
   output_dir = str(paths.resolve(output_dir or default_output_dir(checkpoint)))
   if jax.process_index() == 0:
     paths.makedirs(output_dir)

@@ -96,16 +96,14 @@ _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("glm_jax_partitioner", 
 
 def warn_unsharded(name: str, dim: int, size: int, axes: Tuple[str, ...], mesh: Mesh) -> None:
   """Warns once per run that dimension `dim` (of `size`) of `name` cannot be split over `axes`."""
-  shape = tuple(mesh.shape.items())
-  key = (name, dim, size, axes, shape)
+  key = (name, dim, size, axes, tuple(mesh.shape.items()))
   if key in _WARNED:
     return
   _WARNED.add(key)
-  mesh_text = " x ".join(f"{a}:{n}" for a, n in shape)
   logging.warning("%s: dimension %d (size %d) is not divisible by mesh axes %s (%d devices) of "
                   "the mesh %s; it is replicated instead. Change the mesh sizes or the "
                   "logical-axis rules to shard it.", name, dim, size, "x".join(axes),
-                  math.prod(mesh.shape[a] for a in axes), mesh_text)
+                  math.prod(mesh.shape[a] for a in axes), mesh_text(mesh))
 
 
 def active() -> Optional["Partitioner"]:
@@ -243,6 +241,19 @@ class Partitioner:
       return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return {k: put(v) for k, v in local_batch.items()}
+
+
+def mesh_text(mesh: Mesh) -> str:
+  """'data:1 x fsdp:2 x tensor:1'."""
+  return " x ".join(f"{axis}:{size}" for axis, size in mesh.shape.items())
+
+
+def placement(params) -> str:
+  """How much of the parameters one device holds, e.g. '0.25 of 0.50 MiB per device'."""
+  leaves = jax.tree_util.tree_leaves(params)
+  total = sum(x.nbytes for x in leaves)
+  local = sum(x.addressable_shards[0].data.nbytes for x in leaves)
+  return f"{local / 2**20:.2f} of {total / 2**20:.2f} MiB of parameters per device"
 
 
 def _param_name(path) -> str:
