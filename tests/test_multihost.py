@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -135,3 +137,29 @@ def test_evaluation_and_generation_with_params_sharded_over_two_processes(tmp_pa
   assert (tmp_path / "two.txt").read_text().splitlines() == expected
   assert out[0].splitlines()[-3:] == expected  # process 0 prints the fills, 1 does not
   assert not any(line in out[1] for line in expected)
+
+
+def test_sigterm_to_one_process_saves_the_same_step_on_both_and_exits(tmp_path):
+  """JAX's preemption sync point: one notice, all processes save at the agreed step."""
+  gin_file = write_tiny_gin(tmp_path, "TRAIN_STEPS = 100000\nCHECKPOINT_PERIOD = 1000\n")
+  model_dir = tmp_path / "run"
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "glm_jax.train", f"--gin_file={gin_file}",
+       f"--gin.MODEL_DIR={model_dir}", "--gin.MESH_DATA=2",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO_ROOT, env=multi_device_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  metrics = model_dir / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)  # the notice reaches one host only
+  outputs = [p.communicate(timeout=180) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  saved = [int(out.split("SIGTERM: saved step ")[1].split(";")[0]) for out, _ in outputs]
+  assert saved[0] == saved[1]
+  assert [r["step"] for r in checkpoints.describe(str(model_dir))] == [saved[0]]
