@@ -102,7 +102,7 @@ def warn_unsharded(name: str, dim: int, size: int, axes: Tuple[str, ...], mesh: 
   _WARNED.add(key)
   logging.warning("%s: dimension %d (size %d) is not divisible by mesh axes %s (%d devices) of "
                   "the mesh %s; it is replicated instead. Change the mesh sizes or the "
-                  "logical-axis rules to shard it.", name, dim, size, "x".join(axes),
+                  "logical-axis rules to shard it.", name, dim, size, "/".join(axes),
                   math.prod(mesh.shape[a] for a in axes), mesh_text(mesh))
 
 
