@@ -99,4 +99,4 @@ def test_eight_device_shardings_and_fallback():
   assert any("decoding batch: dimension 0 (size 3) is not divisible by mesh axes data/fsdp "
              "(4 devices) of the mesh data:2 x fsdp:2 x tensor:2" in l for l in warnings)
   assert out["rows"] == [str(P(None, None)), [8, 9, 10, 11]]  # 3 rows, 4 batch shards: replicated
-  assert out["even"] == str(P(("data", "fsdp")))
+  assert out["even"] == str(P(("data", "fsdp"), None))
