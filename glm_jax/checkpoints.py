@@ -2,7 +2,9 @@
 
 Layout of MODEL_DIR/<step>/: `state/` (TrainState: step, params, opt_state) and `meta/` (JSON:
 next_batch, glm_config, vocab_spec, step). A params-only checkpoint (converted weights, the
-input of fine-tuning) is a directory with `params/` and `glm_checkpoint.json`.
+input of fine-tuning) is a directory with `params/` and `glm_checkpoint.json`. Every path
+may be local or gs:// (glm_jax.paths); a step is complete when orbax has finalized it (its
+atomic rename locally, `commit_success.txt` on GCS).
 
   python -m glm_jax.checkpoints --model_dir=DIR   # step, parameter count, SHA-256 of params
 """
