@@ -294,13 +294,16 @@ def load_params(path: str, abstract_params=None) -> Tuple[Any, GLMConfig, str, i
 def read_config(path: str) -> Tuple[GLMConfig, str, int]:
   """(config, vocab_spec, step) of the checkpoint load_params(path) would read, without params."""
   given, path = path, paths.resolve(path)
-  kind = _kind(path) if path.is_dir() else None
+  if not path.is_dir():
+    raise FileNotFoundError(f"Checkpoint {given!r} does not exist; pass a MODEL_DIR, a step "
+                            "directory or a params-only checkpoint directory.")
+  kind = _kind(path)
   if kind == "params":
     meta = paths.read_json(path / PARAMS_META_FILE)
   elif kind == "step":
     meta = _read_step_meta(path)
   else:
-    steps = _step_dirs(path) if kind else []
+    steps = _step_dirs(path)
     if not steps:
       raise FileNotFoundError(f"No checkpoint found in {given!r}; pass a MODEL_DIR with saved "
                               "steps, a step directory or a params-only checkpoint.")
