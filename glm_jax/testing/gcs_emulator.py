@@ -41,10 +41,14 @@ import threading
 import urllib.parse
 from typing import Dict, List, Optional, Sequence
 
-from gcp_storage_emulator import server as emulator_server
-from gcp_storage_emulator import storage as emulator_storage
-from gcp_storage_emulator.handlers import buckets as emulator_buckets
-from gcp_storage_emulator.handlers import objects as emulator_objects
+try:
+  from gcp_storage_emulator import server as emulator_server
+  from gcp_storage_emulator import storage as emulator_storage
+  from gcp_storage_emulator.handlers import buckets as emulator_buckets
+  from gcp_storage_emulator.handlers import objects as emulator_objects
+except ImportError as e:  # a test extra
+  raise ImportError("The GCS emulator needs gcp-storage-emulator: pip install "
+                    "'glm_jax[test]' (or pip install gcp-storage-emulator).") from e
 
 HOST = "127.0.0.1"
 DEFAULT_BUCKET = "glm-test"
