@@ -5,6 +5,7 @@ The device count is fixed when JAX starts, so multi-device tests run a subproces
 """
 
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -123,3 +124,67 @@ def shared_fixture(*parts):
   """Path in ../shared/fixtures if that optional full set is beside the checkout, else None."""
   path = os.path.join(SHARED_FIXTURES, *parts)
   return path if os.path.exists(path) else None
+
+
+# A local GCS: `python -m glm_jax.testing.gcs_emulator` on free ports for the whole session.
+GCS_BUCKET = "glm-test"
+
+
+def free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class GcsEmulator:
+  """A running emulator: `env` points tensorstore, TensorFlow's gfile and the GCS SDKs at it."""
+
+  def __init__(self, root):
+    self.root = str(root)
+    self.proc = subprocess.Popen(
+        [sys.executable, "-m", "glm_jax.testing.gcs_emulator", f"--port={free_port()}",
+         f"--proxy_port={free_port()}", f"--root={root}", f"--bucket={GCS_BUCKET}"],
+        cwd=REPO_ROOT, env=multi_device_env(1), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    self.env, self.exports = {}, []
+    for line in self.proc.stdout:
+      if line.startswith("export "):
+        self.exports.append(line.strip())
+        name, _, value = line[len("export "):].strip().partition("=")
+        self.env[name] = shlex.split(value)[0]
+      elif line.startswith("#"):
+        self.banner = line.strip()
+        return
+    raise RuntimeError(f"The GCS emulator did not start: {self.proc.stderr.read()[-2000:]}")
+
+  def url(self, *parts) -> str:
+    return "/".join([f"gs://{GCS_BUCKET}", *parts])
+
+  def subprocess_env(self, num_devices: int = 1) -> dict:
+    env = multi_device_env(num_devices)
+    env.update(self.env)
+    return env
+
+  def stop(self):
+    self.proc.terminate()  # our own child, by handle
+    try:
+      self.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+      self.proc.kill()
+      self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+  emulator = GcsEmulator(tmp_path_factory.mktemp("gcs"))
+  yield emulator
+  emulator.stop()
+
+
+@pytest.fixture
+def gcs(gcs_emulator, monkeypatch):
+  """The session's emulator with its environment set in this process for the test."""
+  for name, value in gcs_emulator.env.items():
+    monkeypatch.setenv(name, value)
+  return gcs_emulator
