@@ -543,17 +543,18 @@ def run_plan() -> Dict[str, Any]:
   return plan_train_step(models.BlankInfillingModel(config), mesh_config, batch_size, seq_len,
                          num_microbatches=microbatches, optimizer=optimizer,
                          learning_rate_fn=lr_fn, packed=FLAGS.packed, hardware=_hardware(),
-                         platform=_platform(), lower_only=FLAGS.lower_only,
+                         platform=_platform(config), lower_only=FLAGS.lower_only,
                          mlir_out=FLAGS.mlir_out, cudnn_version=FLAGS.cudnn_version)
 
 
-def _platform() -> Optional[str]:
-  """--platform, else the platform of --device (None: an accelerator, the xla kernel)."""
+def _platform(config) -> Optional[str]:
+  """--platform, else that of --device, else that of a fused attention_kernel (cudnn: cuda,
+  splash: tpu); None: an accelerator (the xla kernel)."""
   if FLAGS.platform:
     return FLAGS.platform
   if FLAGS.device:
     return _DEVICE_PLATFORMS.get(accelerator(FLAGS.device)["name"])
-  return None
+  return {"cudnn": "cuda", "splash": "tpu"}.get(config.attention_kernel)
 
 
 def main(argv):
