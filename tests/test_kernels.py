@@ -6,12 +6,14 @@ mask (per-example sep, packed rows, padding, fully bidirectional rows), and the 
 each kernel against the reference implementation's own outputs.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import shipped_fixture
+from conftest import multi_device_env, run_script, shipped_fixture
 from glm_jax import convert
 from glm_jax import losses
 from glm_jax.kernels import cudnn, splash, xla
@@ -239,3 +241,50 @@ def test_network_gradients_equal_xla(reference, kernel):
     scale = float(np.abs(np.asarray(b)).max())
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * scale,
                                err_msg=jax.tree_util.keystr(path))
+
+
+_SHARDED_SCRIPT = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from glm_jax import partitioning
+from glm_jax.kernels import cudnn
+from glm_jax.model import GLM, GLMConfig, init_params
+cudnn.IMPLEMENTATION = "xla"
+cfg = GLMConfig(vocab_size=64, num_layers=2, hidden_size=32, num_heads=4, max_sequence_length=128,
+                embedding_dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0)
+params = init_params(cfg, jax.random.PRNGKey(0))
+tokens = jax.random.randint(jax.random.PRNGKey(1), (4, 128), 0, 64)
+positions = jnp.stack([jnp.tile(jnp.arange(128), (4, 1)), jnp.zeros((4, 128), jnp.int32)], 1)
+sep = jnp.asarray([0, 128, 37, 90], jnp.int32)
+segments = jnp.asarray(np.tile(np.repeat([[1, 2, 3, 0]], 32, axis=1), (4, 1)), jnp.int32)
+packed_sep = jnp.asarray(np.tile(np.repeat([[10, 40, 90, 0]], 32, axis=1), (4, 1)), jnp.int32)
+partitioner = partitioning.Partitioner(partitioning.MeshConfig(data=2, fsdp=2, tensor=2))
+out = {}
+for kernel in ("xla", "splash", "cudnn"):
+  model = GLM(cfg.replace(attention_kernel=kernel))
+  def loss(p, s, seg):
+    return jnp.mean(model.apply({"params": p}, tokens, positions, sep=s, segment_ids=seg) ** 2)
+  with jax.set_mesh(partitioner.mesh), partitioner.axis_rules():
+    step = jax.jit(jax.value_and_grad(loss))
+    for name, s, seg in (("sep", sep, None), ("packed", packed_sep, segments)):
+      value, grads = step(params, s, seg)
+      out[kernel + "/" + name] = [float(value)] + [float(jnp.sum(g * g)) for g in
+                                                   jax.tree_util.tree_leaves(grads)]
+    if kernel == "splash":
+      out["jaxpr"] = "shard_map" in str(jax.make_jaxpr(step)(params, sep, None))
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_fused_kernels_on_a_sharded_mesh_equal_xla():
+  # splash runs under shard_map over the batch and heads axes (data x fsdp, tensor).
+  result = run_script(_SHARDED_SCRIPT, env=multi_device_env(8), timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = [line for line in result.stdout.splitlines() if line.startswith("RESULT")][-1]
+  out = json.loads(out[len("RESULT"):])
+  assert out.pop("jaxpr")
+  for name in ("sep", "packed"):
+    for kernel in ("splash", "cudnn"):
+      np.testing.assert_allclose(out[f"{kernel}/{name}"], out[f"xla/{name}"], rtol=2e-5,
+                                 err_msg=f"{kernel}/{name}")
