@@ -232,3 +232,4 @@ def test_the_xla_kernel_lowers_dense_scores(tmp_path):
   assert report["attention_kernel"] == "xla" and report["attention_custom_calls"] == []
   assert report["max_scores_elements"] >= report["dense_scores_elements"] == 2 * 16 * 1024 ** 2
   assert "2x16x1024x1024x" in text
+
