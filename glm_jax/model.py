@@ -124,6 +124,10 @@ class GLMConfig:
     legacy = values.pop("attention_implementation", None)
     if legacy is not None and "attention_kernel" not in values:
       values["attention_kernel"] = "xla" if legacy == "autodiff" else "auto"
+    # A saved config's platform kernel is what its run used (a GPU run's 'cudnn'); loaded
+    # elsewhere (evaluated on a CPU) it must not fail: 'auto' picks it again where it applies.
+    if values.get("attention_kernel") in ("cudnn", "splash", "cpu_blocked"):
+      values["attention_kernel"] = "auto"
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - known
     if unknown:

@@ -93,3 +93,10 @@ def test_unknown_kernel_is_a_clear_error():
 def test_configs_saved_with_attention_implementation_still_load():
   assert GLMConfig.from_dict({"attention_implementation": "autodiff"}).attention_kernel == "xla"
   assert GLMConfig.from_dict({"attention_implementation": "manual_vjp"}).attention_kernel == "auto"
+
+
+def test_a_saved_platform_kernel_loads_as_auto_anywhere():
+  # A checkpoint of a GPU run (attention_kernel 'cudnn') evaluated on a CPU picks its kernel.
+  for kernel in ("cudnn", "splash", "cpu_blocked"):
+    assert GLMConfig.from_dict({"attention_kernel": kernel}).attention_kernel == "auto"
+  assert GLMConfig.from_dict({"attention_kernel": "xla"}).attention_kernel == "xla"
