@@ -124,9 +124,14 @@ class Trainer:
     """One optimizer step on a global batch; returns (new_state, metrics). Donates `state`."""
     return self._traced(self._train_step, state, batch)
 
-  def lower_train_step(self, state, batch):
-    """The jitted train step lowered for (abstract) state and batch: for AOT compilation."""
-    return self._traced(self._train_step.lower, state, batch)
+  def lower_train_step(self, state, batch, lowering_platforms=None):
+    """The jitted train step lowered for (abstract) state and batch: for AOT compilation.
+
+    lowering_platforms, e.g. ('cuda',): lower for that platform instead of this one's.
+    """
+    lower = lambda s, b: self._train_step.trace(s, b).lower(  # pylint: disable=unnecessary-lambda-assignment
+        lowering_platforms=lowering_platforms)
+    return self._traced(lower, state, batch)
 
   def eval_step(self, params, batch) -> Dict[str, tuple]:
     """{name: (numerator, denominator)} of one global evaluation batch."""
