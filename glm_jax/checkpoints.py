@@ -123,14 +123,33 @@ class CheckpointManager:
       self._manager = None
 
 
+# Host arrays written in chunks of this size by save_params_checkpoint(stream=True).
+STREAM_CHUNK_BYTES = 64 << 20
+
+
 def save_params_checkpoint(directory: str, params, config: GLMConfig, vocab_spec: str,
-                           step: int = 0) -> str:
-  """Writes a params-only checkpoint (e.g. converted reference weights); returns its path."""
+                           step: int = 0, stream: bool = False) -> str:
+  """Writes a params-only checkpoint (e.g. converted reference weights); returns its path.
+
+  `stream=True` (numpy params, one host): each array is written in 64 MiB chunks without the
+  copies orbax makes by default (a deep copy of host arrays, and OCDBT's buffered writes), so
+  saving needs little memory beyond the params themselves. Restoring reads either form.
+  """
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(directory, PARAMS_ITEM), params, force=True)
-  checkpointer.wait_until_finished()
+  if stream:
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
+        use_ocdbt=False, save_concurrent_gb=1, type_handler_registry=registry))
+    save_args = jax.tree_util.tree_map(
+        lambda _: ocp.SaveArgs(chunk_byte_size=STREAM_CHUNK_BYTES), params)
+    checkpointer.save(os.path.join(directory, PARAMS_ITEM),
+                      args=ocp.args.PyTreeSave(params, save_args=save_args), force=True)
+  else:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(directory, PARAMS_ITEM), params, force=True)
+    checkpointer.wait_until_finished()
   if jax.process_index() == 0:
     with open(os.path.join(directory, PARAMS_META_FILE), "w") as f:
       json.dump(_make_meta(step, 0, config, vocab_spec), f, indent=2)

@@ -177,7 +177,7 @@ def test_train_vocab_cli_errors(tmp_path, capsys):
 
 # --- The released families: GPT-2 / RoBERTa BPE, Chinese SentencePiece, BERT WordPiece. -------
 
-from conftest import read_xz_json, shared_fixture, shipped_fixture  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import REPO_ROOT, read_xz_json, shared_fixture, shipped_fixture  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FAMILIES = ("gpt2", "roberta", "chinese_sp")
 # Reference command-token names -> SpecialTokens fields.
@@ -334,3 +334,20 @@ def test_gin_spec_helper_names_the_macro():
     vocab_lib.spec("gpt2")
   with pytest.raises(ValueError, match="Unknown chinese_sp vocabulary configuration"):
     vocab_lib.spec("chinese_sp", "/m.model", "10b")
+
+
+def test_describe_gives_sizes_and_roles_without_tensorflow(vocab_paths):
+  spec = f"roberta:{vocab_paths['roberta']}"
+  described = vocab_lib.describe(spec)
+  built = vocab_lib.get_vocabulary(spec)
+  assert described.spec == built.spec == spec + "@finetune_eval"
+  assert described.padded_vocab_size == built.padded_vocab_size == 50304
+  assert described.special == built.special and described.configuration == "finetune_eval"
+  code = ("import sys\nfrom glm_jax.data import vocab\n"
+          f"d = vocab.describe({spec + '@pretrain_task_mask'!r})\n"
+          "assert d.special.gmask == 50267, d\n"
+          "assert 'tensorflow' not in sys.modules and 'seqio' not in sys.modules\n")
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+  assert result.returncode == 0, result.stderr[-2000:]

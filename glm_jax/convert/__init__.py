@@ -95,14 +95,14 @@ def convert_checkpoint(official: str, output_dir: str, *, vocabulary: Optional[s
     config = infer_config(checkpoint, num_heads or checkpoint.num_heads, backbone, **overrides)
     if checkpoint.hf_config:
       hf.check_config_against_shapes(checkpoint.hf_config, config, official)
-    vocab = vocab_lib.get_vocabulary(spec)
+    vocab = vocab_lib.describe(spec)  # sizes and roles, without TensorFlow
     spec = vocab.spec  # names the configuration, so the task-mask flag travels with it
     if check_vocab_size:
       check_vocabulary_size(vocab, config, checkpoint)
     bar = _progress_bar(progress, 5 + 12 * config.num_layers, official)
     params = convert_params(checkpoint, config, backbone, progress=bar.update)
     bar.close()
-  checkpoints.save_params_checkpoint(output_dir, params, config, spec)
+  checkpoints.save_params_checkpoint(output_dir, params, config, spec, stream=True)
   return Conversion(output_dir, checkpoint.layout, config, spec, bool(vocab.special.task_mask),
                     backbone.heads)
 

@@ -22,7 +22,7 @@ import numpy as np
 from glm_jax.convert import keys
 from glm_jax.data import corpus
 from glm_jax.data import vocab as vocab_lib
-from glm_jax.data.vocab import bpe
+from glm_jax.data.vocab import families
 from glm_jax.data.vocab import files as vocab_files
 from glm_jax.model import GLMConfig
 
@@ -87,10 +87,9 @@ def vocabulary_spec_of_folder(folder: epath.Path, hf_config: Optional[dict]) -> 
 
 def hub_config(config: GLMConfig, vocab_spec: str, torch_dtype: str) -> dict:
   """config.json of the hub's GLMConfig for our config (and the vocabulary it uses)."""
-  kind, _, name = vocab_lib.parse_spec(vocab_spec)
-  vocabulary = vocab_lib.get_vocabulary(vocab_spec)
-  named = {"kind": "spm" if kind == "builtin" else kind,
-           "configuration": getattr(getattr(vocabulary, "configuration", None), "name", name),
+  vocabulary = vocab_lib.describe(vocab_spec)
+  named = {"kind": "spm" if vocabulary.kind == "builtin" else vocabulary.kind,
+           "configuration": vocabulary.configuration,
            "task_mask": bool(vocabulary.special.task_mask)}
   return {
       "architectures": ["GLMModel"],
@@ -125,7 +124,7 @@ def _vocabulary_files(vocab_spec: str) -> Dict[str, epath.Path]:
   """hub file name -> the vocabulary's own file."""
   kind, path, _ = vocab_lib.parse_spec(vocab_spec)
   if kind in ("gpt2", "roberta"):
-    found = vocab_files.first_existing(path, bpe.FILE_NAMES[kind], f"{kind} vocabulary")
+    found = vocab_files.first_existing(path, families.BPE_FILE_NAMES[kind], f"{kind} vocabulary")
     return dict(zip(HUB_VOCAB_FILES[kind], found))
   if kind == "builtin":
     return {"spm.model": epath.Path(corpus.BUILTIN_SPM_MODEL)}

@@ -9,9 +9,8 @@ each piece in between; text that is empty or only whitespace gives no ids.
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Sequence
 
 import numpy as np
 import seqio
@@ -19,57 +18,7 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from glm_jax.data.special_tokens import SpecialTokens
-
-PAD_MULTIPLE = 128
-SENTENCE_END_CHARS = (".", "?", "!", ";", ":")
-# Reference command-token names -> SpecialTokens fields.
-ROLE_OF_NAME = {"pad": "pad", "eos": "eos", "sep": "sep", "ENC": "cls", "MASK": "mask",
-                "unk": "unk", "sop": "sop", "eop": "eop", "gMASK": "gmask", "sMASK": "smask",
-                "dBLOCK": "dblock"}
-
-
-def padded_size(size: int, multiple: int = PAD_MULTIPLE) -> int:
-  """`size` rounded up to a multiple of `multiple`."""
-  return -(-size // multiple) * multiple
-
-
-def sentence_end_ids(pieces: Sequence[str], skip: Iterable[int] = ()) -> Tuple[int, ...]:
-  """Ids whose piece contains `. ? ! ; :` (the reference's `contains_sentence_end`)."""
-  skip = set(skip)
-  return tuple(i for i, p in enumerate(pieces)
-               if i not in skip and any(c in p for c in SENTENCE_END_CHARS))
-
-
-@dataclasses.dataclass(frozen=True)
-class CommandToken:
-  """One command token: its reference name, the string that stands for it in text, its id."""
-
-  name: str            # 'pad', 'eos', 'sep', 'ENC', 'MASK', 'unk', 'sop', 'eop', 'gMASK', ...
-  text: str            # '[MASK]'
-  id: int
-  lstrip: bool = False  # eats the whitespace before it in text
-
-
-@dataclasses.dataclass(frozen=True)
-class Configuration:
-  """A family's flag set (the reference's --task-mask, --block-mask-prob, --fix-command-token)."""
-
-  name: str
-  task_mask: bool
-  decoder_mask: bool = False  # [dBLOCK] exists (pretraining with --block-mask-prob > 0)
-  fix_command_token: bool = False  # the Chinese vocabulary only
-  note: str = ""
-
-
-def pick_configuration(family: str, configurations: Dict[str, Configuration], default: str,
-                       name: Optional[str]) -> Configuration:
-  """The named configuration of a family (`default` without a name); unknown names are refused."""
-  name = default if name is None else name
-  if name not in configurations:
-    raise ValueError(f"Unknown {family} vocabulary configuration {name!r}; use one of "
-                     f"{sorted(configurations)} (e.g. '{family}:PATH@{default}').")
-  return configurations[name]
-
+from glm_jax.data.vocab import families
 
 class GLMRolesVocabulary(seqio.Vocabulary):
   """Ids of the roles from `self.special`; size padded to a multiple of 128; TF ops.
@@ -87,7 +36,7 @@ class GLMRolesVocabulary(seqio.Vocabulary):
 
   @property
   def padded_vocab_size(self) -> int:
-    return padded_size(self.raw_vocab_size)
+    return families.padded_size(self.raw_vocab_size)
 
   @property
   def _base_vocab_size(self) -> int:
@@ -161,30 +110,22 @@ class SentencePieceState:
 class CommandTokenVocabulary(GLMRolesVocabulary):
   """A text tokenizer under the reference's command tokens (see the module docstring).
 
-  Subclasses set `_pieces` (text id -> piece) and `_tokenizer` (a Hugging Face `tokenizers`
-  pipeline, or override `_encode_pieces`), call `_set_command_tokens` and implement
+  Subclasses call `_set_command_tokens` with what `families.load` read, set `_tokenizer` (a
+  Hugging Face `tokenizers` pipeline, or override `_encode_pieces`) and implement
   `_decode_text` (a run of text ids -> str).
   """
 
-  _pieces: Sequence[str]
-
-  def _set_command_tokens(self, tokens: Sequence[CommandToken], num_tokens: int,
-                          configuration: Configuration, pieces: Sequence[str]):
+  def _set_command_tokens(self, loaded: families.Loaded):
     """Roles, id -> string (the last token of an id wins, as in the reference) and the splitter."""
-    self.configuration = configuration
-    self.command_tokens = tuple(tokens)
-    self._num_tokens = int(num_tokens)
-    self._command_text = {t.id: t.text for t in tokens}
-    self._token_of_text = {t.text: t for t in tokens}
+    self.configuration = loaded.configuration
+    self.command_tokens = tuple(loaded.command_tokens)
+    self.special = loaded.special
+    self._pieces = loaded.pieces
+    self._num_tokens = int(loaded.num_tokens)
+    self._command_text = {t.id: t.text for t in loaded.command_tokens}
+    self._token_of_text = {t.text: t for t in loaded.command_tokens}
     strings = sorted(self._token_of_text, key=len, reverse=True)
     self._splitter = re.compile("(" + "|".join(re.escape(s) for s in strings) + ")")
-    roles = {ROLE_OF_NAME[t.name]: t.id for t in tokens}
-    roles.setdefault("smask", None)
-    roles.setdefault("gmask", None)
-    self.special = SpecialTokens(
-        task_mask=configuration.task_mask,
-        sentence_end_ids=sentence_end_ids(
-            [self._command_text.get(i, p) for i, p in enumerate(pieces)]), **roles)
 
   @property
   def raw_vocab_size(self) -> int:

@@ -12,7 +12,7 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from glm_jax.data.special_tokens import SpecialTokens
-from glm_jax.data.vocab import base, files
+from glm_jax.data.vocab import base, families, files
 
 # Pieces that hold the GLM roles in our SentencePiece models (train_vocab reserves them).
 ROLE_PIECES: Dict[str, str] = {
@@ -43,7 +43,7 @@ class GLMVocabulary(base.SentencePieceState, base.GLMRolesVocabulary):
                          "`python -m glm_jax.data.train_vocab`.")
       ids[role] = index
     skip = set(ids.values()) | {i for i in range(len(pieces)) if self._sp.is_byte(i)}
-    self.special = SpecialTokens(sentence_end_ids=base.sentence_end_ids(pieces, skip), **ids)
+    self.special = SpecialTokens(sentence_end_ids=families.sentence_end_ids(pieces, skip), **ids)
     super().__init__(extra_ids=0)
 
   def __eq__(self, other):

@@ -4,7 +4,7 @@ Text pieces go through Hugging Face `tokenizers` set up as the reference's BertT
 control characters, space out CJK ideographs, lower-case, then NFD and drop the accents (no
 NFKC: full-width letters stay unknown), split on whitespace and punctuation, greedy WordPiece
 with words over 100 characters as one [UNK]. Literal command strings ([MASK], [CLS], ...) in
-text become their ids.
+text become their ids. Ids and configurations: families.py (default: no task masks).
 """
 
 from __future__ import annotations
@@ -13,37 +13,7 @@ from typing import List, Optional
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
-from glm_jax.data.vocab import base, files
-
-# The reference's BERT runs: GLM-Base/Large have no task masks (config_tasks/model_blocklm_
-# large.sh); `@task_mask` adds [gMASK] and [sMASK] after <|startofpiece|> and <|endofpiece|>.
-CONFIGURATIONS = {
-    "finetune_eval": base.Configuration(
-        "finetune_eval", task_mask=False,
-        note="GLM-Base / GLM-Large: [MASK] only (the released models, pretraining and tasks)"),
-    "task_mask": base.Configuration(
-        "task_mask", task_mask=True,
-        note="--task-mask: [gMASK] and [sMASK] after the block symbols"),
-}
-DEFAULT_CONFIGURATION = "finetune_eval"
-_REQUIRED = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
-
-def command_tokens(index: dict, num_text: int, cfg: base.Configuration):
-  """(command tokens, number of ids) of the reference's BertWordPieceTokenizer."""
-  c = base.CommandToken
-  tokens = [c("pad", "[PAD]", index["[PAD]"]), c("ENC", "[CLS]", index["[CLS]"]),
-            c("MASK", "[MASK]", index["[MASK]"]), c("unk", "[UNK]", index["[UNK]"]),
-            c("sep", "[SEP]", index["[SEP]"]), c("eos", "[PAD]", index["[PAD]"]),
-            c("sop", "<|startofpiece|>", num_text), c("eop", "<|endofpiece|>", num_text + 1)]
-  n = num_text + 2
-  if cfg.task_mask:
-    tokens += [c("gMASK", "[gMASK]", n), c("sMASK", "[sMASK]", n + 1)]
-    n += 2
-  if cfg.decoder_mask:
-    tokens.append(c("dBLOCK", "[dBLOCK]", n))
-    n += 1
-  return tokens, n
+from glm_jax.data.vocab import base, families
 
 
 class WordPieceVocabulary(base.CommandTokenVocabulary):
@@ -56,23 +26,12 @@ class WordPieceVocabulary(base.CommandTokenVocabulary):
 
   def __init__(self, vocab_file: str, spec: Optional[str] = None, lower_case: bool = True,
                configuration: Optional[str] = None):
-    cfg = base.pick_configuration("wordpiece", CONFIGURATIONS, DEFAULT_CONFIGURATION,
-                                  configuration)
-    text = files.existing(vocab_file, "WordPiece vocab file").read_text(encoding="utf-8")
-    lines = text.split("\n")
-    if lines and not lines[-1]:
-      lines.pop()  # the newline after the last token
-    index = {line.strip(): i for i, line in enumerate(lines)}
-    missing = [t for t in _REQUIRED if t not in index]
-    if missing:
-      raise ValueError(f"WordPiece vocab {vocab_file} lacks {missing}; use a BERT vocab.txt.")
+    loaded = families.load("wordpiece", vocab_file, configuration)
     self._vocab_file = vocab_file
     self._lower_case = lower_case
-    self._pieces = [line.strip() for line in lines]
-    self.spec = spec or f"wordpiece:{vocab_file}@{cfg.name}"
-    tokens, num_tokens = command_tokens(index, len(index), cfg)
-    self._set_command_tokens(tokens, num_tokens, cfg, self._pieces)
-    self._tokenizer = _bert_tokenizer(index, lower_case)
+    self.spec = spec or f"wordpiece:{vocab_file}@{loaded.configuration.name}"
+    self._set_command_tokens(loaded)
+    self._tokenizer = _bert_tokenizer(loaded.data["index"], lower_case)
     super().__init__(extra_ids=0)
 
   def __eq__(self, other):
