@@ -351,3 +351,43 @@ def test_describe_gives_sizes_and_roles_without_tensorflow(vocab_paths):
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=env)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+# Presets: (gin file, path macro, family, configuration, task masks, max positions).
+PRESETS = [
+    ("models/glm_base", "BERT_VOCAB_FILE", "wordpiece", "finetune_eval", False, 512),
+    ("models/glm_large", "BERT_VOCAB_FILE", "wordpiece", "finetune_eval", False, 512),
+    ("models/glm_roberta", "ROBERTA_VOCAB_DIR", "roberta", "finetune_eval", False, 512),
+    ("models/glm_2b", "GPT2_VOCAB_DIR", "gpt2", "finetune_eval", True, 1024),
+    ("models/glm_10b", "GPT2_VOCAB_DIR", "gpt2", "finetune_eval", True, 1024),
+    ("models/glm_large_chinese", "CHINESE_SP_MODEL", "chinese_sp", "large_chinese", True, 1024),
+    ("models/glm_10b_chinese", "CHINESE_SP_MODEL", "chinese_sp", "10b_chinese", True, 1024),
+    ("experiments/glm_10b", "GPT2_VOCAB_DIR", "gpt2", "pretrain", True, 1024),
+    ("experiments/glm_2b", "GPT2_VOCAB_DIR", "gpt2", "pretrain", True, 1024),
+    ("experiments/glm_roberta", "ROBERTA_VOCAB_DIR", "roberta", "pretrain_task_mask", True, 512),
+]
+
+
+@pytest.mark.parametrize("preset,macro,family,configuration,task_mask,positions", PRESETS,
+                         ids=[p[0] for p in PRESETS])
+def test_presets_name_their_real_vocabulary(vocab_paths, preset, macro, family, configuration,
+                                            task_mask, positions):
+  import gin  # pylint: disable=g-import-not-at-top
+  from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from glm_jax.model import GLMConfig  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin([f"configs/{preset}.gin"])
+    with pytest.raises(ValueError, match=macro):
+      vocab_lib.spec()
+    gin.bind_parameter(f"%{macro}", vocab_paths[family])
+    spec = vocab_lib.spec()
+    config = GLMConfig()
+  finally:
+    gin.clear_config()
+  assert spec == f"{family}:{vocab_paths[family]}@{configuration}"
+  v = vocab_lib.get_vocabulary(spec)
+  assert v.vocab_size == config.vocab_size and v.special.task_mask == task_mask
+  assert config.max_sequence_length == positions
+  if configuration in ("pretrain", "large_chinese_pretrain"):
+    assert v.special.dblock is not None
