@@ -28,7 +28,7 @@ _HIDDEN = flags.DEFINE_integer("hidden", 2048, "Hidden size (heads = hidden / 12
 _VOCAB = flags.DEFINE_integer("vocab_rows", 50304, "Embedding rows.")
 _LAYOUTS = flags.DEFINE_list("layouts", ["megatron", "hf"], "megatron and/or hf.")
 _VOCABULARY = flags.DEFINE_string(
-    "vocabulary", os.path.join(ROOT, "..", "shared", "data", "vocab", "gpt2"),
+    "vocabulary", os.path.abspath(os.path.join(ROOT, "..", "shared", "data", "vocab", "gpt2")),
     "GPT-2 vocabulary folder for the spec (--nocheck_vocab_size with 'builtin' if missing).")
 _WORKDIR = flags.DEFINE_string("workdir", tempfile.gettempdir(), "Where the checkpoint goes.")
 
