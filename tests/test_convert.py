@@ -428,3 +428,15 @@ def test_export_keeps_the_vocabulary_configuration(vocab_paths, tmp_path):
     assert back.vocabulary.endswith("cog-pretrain.model@10b_chinese")
     assert back.dtype("word_embeddings.weight") == np.float16
   assert json.load(open(tmp_path / "hub" / "config.json"))["torch_dtype"] == "float16"
+
+
+def test_remote_files_are_copied_to_a_temp_dir_and_removed(monkeypatch):
+  # gs:// files go through the same path: torch and safetensors map local copies.
+  monkeypatch.setattr(readers, "_is_local", lambda path: False)
+  with convert.load_official(HF_CLASSIFIER) as checkpoint:
+    copies = list(checkpoint._files._copies.values())  # pylint: disable=protected-access
+    assert len(copies) == 1 and os.path.exists(copies[0]) and not copies[0].startswith(
+        HF_CLASSIFIER)
+    config, params = convert.from_official_state_dict(checkpoint, checkpoint.num_heads)
+  assert not os.path.exists(copies[0])
+  _check_logits(config, params)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from typing import Dict, List, Optional
 
@@ -166,7 +165,7 @@ def save_hf(output_dir: str, config: GLMConfig, params, vocab_spec: str, *,
     for shard, name in zip(shards, names):
       local = os.path.join(tmp, name)
       save_file({k: state[k] for k in shard}, local, metadata={"format": "pt"})
-      _put(local, out / name)
+      epath.Path(local).copy(out / name, overwrite=True)  # safetensors writes local files only
       written.append(name)
     if len(shards) > 1:
       index = {"metadata": {"total_size": int(sum(v.nbytes for v in state.values()))},
@@ -181,10 +180,3 @@ def save_hf(output_dir: str, config: GLMConfig, params, vocab_spec: str, *,
     written.append(name)
   return written
 
-
-def _put(local: str, target: epath.Path):
-  if "://" in os.fspath(target):
-    with open(local, "rb") as src, target.open("wb") as dst:
-      shutil.copyfileobj(src, dst, 64 << 20)
-  else:
-    shutil.move(local, os.fspath(target))
