@@ -211,13 +211,32 @@ def _prepare_model_dir(path, given: str) -> None:
                        "fix its permissions or choose another directory.")
 
 
+# Host arrays written in chunks of this size by save_params_checkpoint(stream=True).
+STREAM_CHUNK_BYTES = 64 << 20
+
+
 def save_params_checkpoint(directory: str, params, config: GLMConfig, vocab_spec: str,
-                           step: int = 0) -> str:
-  """Writes a params-only checkpoint (e.g. converted reference weights); returns its path."""
+                           step: int = 0, stream: bool = False) -> str:
+  """Writes a params-only checkpoint (e.g. converted reference weights); returns its path.
+
+  `stream=True` (numpy params, one host): each array is written in 64 MiB chunks without the
+  copies orbax makes by default (a deep copy of host arrays, and OCDBT's buffered writes), so
+  saving needs little memory beyond the params themselves. Restoring reads either form.
+  """
   directory = paths.makedirs(directory)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory / PARAMS_ITEM, params, force=True)
-  checkpointer.wait_until_finished()
+  if stream:
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
+        use_ocdbt=False, save_concurrent_gb=1, type_handler_registry=registry))
+    save_args = jax.tree_util.tree_map(
+        lambda _: ocp.SaveArgs(chunk_byte_size=STREAM_CHUNK_BYTES), params)
+    checkpointer.save(directory / PARAMS_ITEM,
+                      args=ocp.args.PyTreeSave(params, save_args=save_args), force=True)
+  else:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory / PARAMS_ITEM, params, force=True)
+    checkpointer.wait_until_finished()
   if jax.process_index() == 0:
     paths.write_json(directory / PARAMS_META_FILE, _make_meta(step, 0, config, vocab_spec))
   _sync("glm_jax_save_params_checkpoint")
@@ -325,6 +344,13 @@ def load_sharded_params(path: str, partitioner) -> Tuple[Any, GLMConfig, str, in
   """load_params restored straight into the partitioner's parameter shardings on its mesh."""
   config, _, _ = read_config(path)
   return load_params(path, abstract_params(config, partitioner))
+
+
+def read_vocabulary(path: str):
+  """The vocabulary of the checkpoint read_config(path) reads (its spec names the configuration,
+  so `.special.task_mask` says whether the model was trained with task masks)."""
+  from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  return vocab_lib.get_vocabulary(read_config(path)[1])
 
 
 def _restore_params_from_state(state_path, abstract_params=None):
