@@ -155,7 +155,7 @@ def test_train_kill_resume_evaluate_infer_and_convert_with_every_path_on_gcs(gcs
   assert on_gcs["eval/loss"] == local["eval/loss"]
   assert on_gcs["eval/accuracy"] == local["eval/accuracy"]
 
-  # Convert (reference layout -> params-only checkpoint on gs://), then fine-tune from it.
+  # Convert (a reference layout on gs:// -> params-only checkpoint on gs://), then fine-tune.
   from glm_jax import convert  # pylint: disable=g-import-not-at-top
   params, config, _, _ = checkpoints.load_params(str(reference))
   official = {k: np.asarray(v) for k, v in convert.to_official_state_dict(config, params).items()}
