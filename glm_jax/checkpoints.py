@@ -211,6 +211,13 @@ def read_config(path: str) -> Tuple[GLMConfig, str, int]:
   return GLMConfig.from_dict(meta["glm_config"]), meta["vocab_spec"], int(meta["step"])
 
 
+def read_vocabulary(path: str):
+  """The vocabulary of the checkpoint read_config(path) reads (its spec names the configuration,
+  so `.special.task_mask` says whether the model was trained with task masks)."""
+  from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  return vocab_lib.get_vocabulary(read_config(path)[1])
+
+
 def _restore_params_from_state(state_path: str, abstract_params=None):
   """Only the params subtree of a saved TrainState (optimizer state is not read)."""
   checkpointer = ocp.PyTreeCheckpointer()

@@ -360,11 +360,13 @@ class GLM(nn.Module):
                          pdtype)
     # Look-ups read tables gathered along 'embed' (as FSDP gathers any weight before use), so
     # their [batch, length, embed] outputs are sharded by batch, not by embed: no resharding.
+    # The sum runs in the wider of the parameter and compute dtypes (float16 weights of a
+    # released checkpoint are added in float32 when computing in float32).
+    wide = jnp.promote_types(pdtype, dtype)
     gathered = lambda table, axis: _constrain(table, (axis, None))
-    x = (jnp.take(gathered(embedding, "vocab"), tokens, axis=0)
-         + jnp.take(gathered(pos_table, "positions"), positions[:, 0], axis=0)
-         + jnp.take(gathered(block_table, "positions"), positions[:, 1], axis=0)
-         ).astype(dtype)  # [batch, length, embed]
+    take = lambda table, axis, ids: jnp.take(gathered(table, axis), ids, axis=0).astype(wide)
+    x = (take(embedding, "vocab", tokens) + take(pos_table, "positions", positions[:, 0])
+         + take(block_table, "positions", positions[:, 1])).astype(dtype)  # [batch, length, embed]
     x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     x = dropout_lib.Dropout(cfg.embedding_dropout, cfg.dropout_implementation)(
         x, deterministic=deterministic)

@@ -123,3 +123,38 @@ def shared_fixture(*parts):
   """Path in ../shared/fixtures if that optional full set is beside the checkout, else None."""
   path = os.path.join(SHARED_FIXTURES, *parts)
   return path if os.path.exists(path) else None
+
+
+# The released GLM vocabularies, shipped xz-compressed in tests/fixtures/glm_vocab/.
+VOCAB_FILES = {"gpt2": ("gpt2-vocab.json", "gpt2-merges.txt"),
+               "roberta": ("roberta-vocab.json", "gpt2-merges.txt:roberta-merges.txt"),
+               "chinese_sp": ("cog-pretrain.model",), "wordpiece": ("bert-base-uncased-vocab.txt",)}
+
+
+@pytest.fixture(scope="session")
+def vocab_paths(tmp_path_factory):
+  """{family: the path its spec takes}: the real vocabulary files, unpacked once per session.
+
+  RoBERTa's merges file is byte-identical to GPT-2's, so it ships once.
+  """
+  import lzma  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("vocab")
+  paths = {}
+  for family, names in VOCAB_FILES.items():
+    folder = root / family
+    folder.mkdir()
+    for name in names:
+      source, _, target = name.partition(":")
+      with lzma.open(shipped_fixture("glm_vocab", source + ".xz")) as f:
+        (folder / (target or source)).write_bytes(f.read())
+    paths[family] = str(folder / names[0]) if len(names) == 1 else str(folder)
+  return paths
+
+
+def read_xz_json(path: str, lines: bool = False):
+  """A (JSON-lines) fixture file, xz-compressed or plain."""
+  import json  # pylint: disable=g-import-not-at-top
+  import lzma  # pylint: disable=g-import-not-at-top
+  opener = lzma.open if path.endswith(".xz") else open
+  with opener(path, "rt", encoding="utf-8") as f:
+    return [json.loads(l) for l in f if l.strip()] if lines else json.load(f)
