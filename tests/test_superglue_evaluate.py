@@ -56,7 +56,8 @@ def test_tfds_examples_become_the_same_records():
       {"text": b"Mark told Pete lies about himself. He should have been more truthful.",
        "span1_index": 2, "span2_index": 6, "span1_text": b"Pete", "span2_text": b"He",
        "idx": 1, "label": 0}])
-  assert wsc[0]["candidates"] == ["Mark", "Pete"] and wsc[1]["candidates"] == ["Pete", "Mark"]
+  assert wsc[0]["heuristic_candidates"] == ["Pete"] and wsc[1]["heuristic_candidates"] == ["Mark"]
+  assert "candidates" not in wsc[0]  # the public WSC has no candidate lists
   assert wsc[0]["label"] is True
 
 

@@ -416,6 +416,13 @@ def hparam(task: str, name: str, per_task: dict) -> Any:
 
 
 @gin.configurable
+def task_settings(task: str, **settings) -> dict:
+  """{task: settings}: one task's settings in the form evaluate_superglue(task_settings=) takes."""
+  task, _ = parse_task_name(task)
+  return {task: settings}
+
+
+@gin.configurable
 def default_model_dir(init_checkpoint: Optional[str], task: str) -> str:
   """<INIT_CHECKPOINT>_superglue_<task>: the fine-tuning MODEL_DIR when none is given."""
   if not init_checkpoint:
