@@ -322,3 +322,31 @@ def test_seqio_tasks_yield_the_evaluator_rows(vocab, tmp_path):
   wiki_rows = tasks.task_rows("glm_wikitext2", "validation")
   assert wiki_rows["tokens"].shape[1] == wikitext.row_length(16)
   assert tasks.task_rows("glm_xsum", "validation")["tokens"].shape == (1, 32)
+
+
+def test_xsum_recipe_is_the_deepspeed_scripts(tmp_path):
+  import gin  # pylint: disable=g-import-not-at-top
+  from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  import glm_jax.train  # pylint: disable=g-import-not-at-top,unused-import
+  path = tmp_path / "xsum.jsonl"
+  path.write_text("".join(json.dumps({"document": f"d {i}", "summary": f"s {i}"}) + "\n"
+                          for i in range(1000)))
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin(["configs/runs/finetune_xsum.gin"],
+                        ["INIT_CHECKPOINT = '/ck'", "MODEL_DIR = '/tmp/xsum'",
+                         f"XSUM_PATH = '{path}'"])
+    macro = lambda n: (lambda v: v.scoped_configurable_fn() if hasattr(
+        v, "scoped_configurable_fn") else v)(gin.query_parameter(f"%{n}"))
+    # config_blocklm_10B_cnndm.json's optimizer, seq_xsum.sh's schedule and lengths.
+    assert (macro("LEARNING_RATE"), macro("ADAM_B2"), macro("WEIGHT_DECAY")) == (5e-6, 0.95, 0.01)
+    assert (macro("WARMUP_FRACTION"), macro("FINAL_LR_FRACTION"), macro("LABEL_SMOOTHING")) == (
+        0.06, 0.1, 0.1)
+    assert (macro("SEQUENCE_LENGTH"), macro("TARGET_LENGTH")) == (668, 60)
+    assert macro("TRAIN_STEPS") == 6 * math.ceil(800 / 64)  # 6 epochs of the 800 train rows
+  finally:
+    gin.clear_config()
+  assert xsum.source_length(668) == 608
+  with pytest.raises(ValueError, match="SEQUENCE_LENGTH = 572"):
+    xsum.check_positions(608, 60, 512)  # GLM-Large's tables stop at 512
+  xsum.check_positions(608, 60, 1024)
