@@ -210,8 +210,8 @@ def _cloze_settings(settings: dict):
   """The manifest's reference flags as our ClozeSettings (public WSC: the gold span only)."""
   from glm_jax.superglue import inputs  # pylint: disable=g-import-not-at-top
   loss = settings["loss_func"]
-  if settings["task"].lower() == "wsc" and loss == "cross_entropy":
-    loss = "generative"  # task_wsc_generative.sh: no --wsc-negative, the LM forward step
+  if settings["task"].lower() == "wsc" and not settings["wsc_negative"]:
+    loss = "generative"  # finetune.py: WSC without --wsc-negative runs the LM forward step
   return inputs.ClozeSettings(pattern_id=settings["pattern_id"], loss=loss,
                               length_penalty=settings["length_penalty"],
                               wsc_candidates="record")
@@ -249,8 +249,9 @@ def _superglue_examples(task: str, records: List[dict], settings, roots, split: 
 
 def reference_split(spec: dict) -> str:
   """'train' or 'dev': the reference split the manifest's `source.split` names."""
-  match = re.search(r"split '(\w+)'", spec.get("source", {}).get("split", ""))
-  return match.group(1) if match else "dev"
+  text = spec.get("source", {}).get("split", "")
+  match = re.search(r"split '(\w+)'|'(\w+)' split", text)
+  return (match.group(1) or match.group(2)) if match else "dev"
 
 
 def build_superglue(records, settings, vocabularies, roots, split) -> Iterator[Sample]:
