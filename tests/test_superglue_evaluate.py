@@ -30,6 +30,7 @@ def test_mixtures_and_seqio_task():
   assert tasks.task_names("superglue") == [f"superglue_{t}" for t in sources.TASKS]
   assert "superglue_record" not in tasks.task_names("superglue_no_record")
   assert len(tasks.task_names("superglue_no_record_tfds")) == 7
+  assert tasks.task_names("rte") == ["superglue_rte"]  # TASK = 'rte' in the fine-tuning gin
   import seqio  # pylint: disable=g-import-not-at-top
   ds = seqio.get_mixture_or_task("superglue_cb").get_dataset(
       sequence_length=None, split="validation", shuffle=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import lzma
 import os
+import re
 
 from absl import app
 from absl import flags
@@ -60,9 +61,12 @@ def main(argv):
     records = [json.loads(line) for line in lines]
     keep = _chosen(task, spec, records)
     with open(os.path.join(FLAGS.output_dir, name), "w", encoding="utf-8") as f:
-      for new, old in enumerate(keep):
-        record = dict(records[old], _fixture_index=new)
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+      for new, old in enumerate(keep):  # the line as it is, but its new index
+        line, count = re.subn(r'"_fixture_index": *%d\b' % old, f'"_fixture_index": {new}',
+                              lines[old])
+        if count != 1 or json.loads(line) != dict(records[old], _fixture_index=new):
+          raise ValueError(f"{name} line {old}: cannot renumber its _fixture_index.")
+        f.write(line + "\n")
     with np.load(os.path.join(FLAGS.source, f"{task}.expected.npz")) as expected:
       arrays = {f"{new}/{key.split('/', 1)[1]}": expected[key]
                 for new, old in enumerate(keep) for key in expected.files

@@ -117,14 +117,6 @@ def source_length(sequence_length: int, target_length: int = TARGET_LENGTH) -> i
   return sequence_length - target_length
 
 
-def check_positions(source: int, target: int, max_sequence_length: int) -> None:
-  """Refuses rows whose position ids the model's tables (max_sequence_length + 1 rows) lack."""
-  if source - 1 > max_sequence_length or target > max_sequence_length:
-    raise ValueError(f"XSum rows of {source} source + {target} target tokens need positions up "
-                     f"to {max(source - 1, target)}, but the model has {max_sequence_length}; "
-                     f"set SEQUENCE_LENGTH = {max_sequence_length + target} (or less).")
-
-
 @gin.configurable
 def num_train_steps(path: str = gin.REQUIRED, split: str = "train", *, epochs: int,
                     batch_size: int, num_examples: int = 0) -> int:
@@ -139,22 +131,18 @@ def get_batches(name: str, split: str, *, sequence_length: int, batch_size: int,
                 seed: int = 0, start_batch: int = 0, shard_index: int = 0, num_shards: int = 1,
                 path: str = gin.REQUIRED, vocab_spec: str = "builtin",
                 target_length: int = TARGET_LENGTH, num_examples: int = 0,
-                num_batches: Optional[int] = None, model_config=None,
-                **unused) -> Iterator[Dict[str, np.ndarray]]:
+                num_batches: Optional[int] = None, **unused) -> Iterator[Dict[str, np.ndarray]]:
   """XSum model batches for the trainer; batch i is a pure function of (seed, split, i).
 
   Rows are sequence_length = source_length + target_length tokens. They are drawn epoch by
   epoch in a seeded order; this process gets rows [shard_index * B / num_shards, ...) of each
   global batch. `num_examples` > 0 keeps only the first examples of the split. The mask
-  follows the vocabulary's task-mask flag (or TASK_MASK). With `model_config` the rows are
-  checked against its position tables.
+  follows the vocabulary's task-mask flag (or TASK_MASK).
   """
   del name, unused
   if batch_size % num_shards:
     raise ValueError(f"batch_size {batch_size} is not divisible by {num_shards} shards.")
   source = source_length(sequence_length, target_length)
-  if model_config is not None:
-    check_positions(source, target_length, model_config.max_sequence_length)
   rows = _split_rows(path, split, vocab_spec, task_mask_lib.override(), source, target_length)
   if num_examples:
     rows = rows[:num_examples]
