@@ -98,7 +98,8 @@ def task_mask_spec(spec: str, task_mask: bool) -> str:
   kind, path, name = vocab_lib.parse_spec(spec)
   if kind not in vocab_lib.CONFIGURATIONS:
     raise ValueError(f"{spec} has no configurations; pass --vocabulary_task_mask.")
-  configurations, default = vocab_lib.CONFIGURATIONS[kind]
+  configurations = vocab_lib.CONFIGURATIONS[kind]
+  default = vocab_lib.families.DEFAULT_CONFIGURATION[kind]
   current = configurations[name or default]
   if current.task_mask == task_mask:
     return spec
