@@ -87,8 +87,8 @@ SEQUENCE_LENGTH = 32
 EVAL_STEPS = 2
 eval.evaluate_checkpoint.evaluators = [@eval.infilling_evaluator, @evaluate.wikitext]
 evaluate.wikitext.directory = '{wiki}'
-evaluate.wikitext.window = 32
-evaluate.wikitext.stride = 8
+evaluate.wikitext.sequence_length = 32
+evaluate.wikitext.overlap = 8
 evaluate.wikitext.batch_size = 4
 """
 WIKI = (" = Valkyria Chronicles = \n\n The game began development in 2010 , carrying over a "
