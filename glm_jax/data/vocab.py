@@ -27,7 +27,9 @@ ROLE_PIECES: Dict[str, str] = {
 }
 # Roles given as user-defined symbols, in id order after pad=0, eos=1, unk=2.
 USER_DEFINED_ROLES = ("cls", "mask", "smask", "gmask", "sop", "eop", "dblock", "sep")
-SENTENCE_END_CHARS = (".", "?", "!", ";", ":")
+# A token ends a sentence when it contains one of these (the reference's contains_sentence_end).
+SENTENCE_END_CHARS = (".", "?", "!", ";", ":", "\n", "\u3002", "\uff1f", "\uff01", "\uff1b",
+                      "\u2026")
 # WordPiece ids appended after the BERT vocabulary (GLM_SPEC.md section 3 order).
 WORDPIECE_APPENDED = ("<|startofpiece|>", "<|endofpiece|>", "[gMASK]", "[sMASK]", "[dBLOCK]")
 
@@ -183,11 +185,12 @@ class WordPieceVocabulary(_GLMRolesVocabulary):
       raise ValueError(f"WordPiece vocab {vocab_file} lacks {missing}; use a BERT vocab.txt.")
     n = len(tokens)
     self._tokens = tokens + list(WORDPIECE_APPENDED)
+    bracketed = {i for i, t in enumerate(tokens) if t.startswith("[") and t.endswith("]")}
     self.special = SpecialTokens(
         pad=index["[PAD]"], eos=index["[PAD]"], cls=index["[CLS]"], unk=index["[UNK]"],
         mask=index["[MASK]"], sep=index["[SEP]"], sop=n, eop=n + 1, gmask=n + 2,
         smask=n + 3, dblock=n + 4,
-        sentence_end_ids=tuple(index[c] for c in SENTENCE_END_CHARS if c in index))
+        sentence_end_ids=_sentence_end_ids(tokens, bracketed))
     super().__init__(extra_ids=0)
 
   def __eq__(self, other):
