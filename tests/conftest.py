@@ -123,3 +123,37 @@ def shared_fixture(*parts):
   """Path in ../shared/fixtures if that optional full set is beside the checkout, else None."""
   path = os.path.join(SHARED_FIXTURES, *parts)
   return path if os.path.exists(path) else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prepared_cache_dir(tmp_path_factory):
+  """Corpora prepared on first use (built-in, text:) go to a per-session cache, not ~/.cache."""
+  path = str(tmp_path_factory.mktemp("glm_jax_cache"))
+  previous = os.environ.get("GLM_JAX_CACHE_DIR")
+  os.environ["GLM_JAX_CACHE_DIR"] = path
+  yield path
+  if previous is None:
+    os.environ.pop("GLM_JAX_CACHE_DIR", None)
+  else:
+    os.environ["GLM_JAX_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def bert_vocab_file(tmp_path_factory):
+  """The real BERT uncased WordPiece vocab.txt (GLM-Base/Large), unpacked from tests/fixtures."""
+  import lzma  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp("bert_vocab") / "bert-base-uncased-vocab.txt"
+  with lzma.open(shipped_fixture("glm_data", "bert-base-uncased-vocab.txt.xz")) as f:
+    path.write_bytes(f.read())
+  return str(path)
+
+
+TINY_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                           "tiny_corpus.txt")
+
+
+def prepare_in_process(output_dir, inputs=(TINY_CORPUS,), vocabulary="builtin", **kwargs):
+  """Prepares a corpus in this process (the units the Beam pipeline runs); returns the dir."""
+  from glm_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  prepare.prepare(list(inputs), vocabulary, str(output_dir), in_process=True, **kwargs)
+  return str(output_dir)

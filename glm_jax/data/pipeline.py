@@ -32,11 +32,10 @@ def stream_positions(batch: int, batch_size: int, shard_index: int, num_shards: 
   return np.arange(first, first + rows * per_row, dtype=np.int64)
 
 
-def _glm_batches(name: str, split: str, *, sequence_length: int, batch_size: int, seed: int,
+def _glm_batches(source, split: str, *, sequence_length: int, batch_size: int, seed: int,
                  start_batch: int, shard_index: int, num_shards: int, pack: bool,
-                 pack_factor: int, num_batches: Optional[int], vocabulary: Optional[str],
-                 data_dir: Optional[str]) -> Iterator[Dict[str, np.ndarray]]:
-  source = tasks_lib.get_source(name, vocabulary, data_dir)
+                 pack_factor: int, num_batches: Optional[int]) -> Iterator[Dict[str, np.ndarray]]:
+  name = source.name
   rows = batch_size // num_shards
   per_row = pack_factor if pack else 1
   one_pass = split != "train" and num_batches is None
@@ -144,8 +143,13 @@ def get_batches(mixture_or_task_name: str, split: str = "train", *, sequence_len
                 start_batch=start_batch, shard_index=shard_index, num_shards=num_shards,
                 pack=pack, num_batches=num_batches)
   if tasks_lib.is_glm(mixture_or_task_name):
-    return _glm_batches(mixture_or_task_name, split, pack_factor=pack_factor,
-                        vocabulary=vocabulary, data_dir=data_dir, **kwargs)
+    if split not in tasks_lib.SPLITS:
+      raise ValueError(f"Unknown split {split!r}; use one of {tasks_lib.SPLITS}.")
+    # Resolved now, so a missing corpus or another vocabulary fails at the call, not at the
+    # first batch.
+    source = tasks_lib.get_source(mixture_or_task_name, vocabulary, data_dir)
+    source.check_split(split)
+    return _glm_batches(source, split, pack_factor=pack_factor, **kwargs)
   if mixture_or_task_name not in seqio.TaskRegistry.names() | seqio.MixtureRegistry.names():
     raise ValueError(f"Unknown task or mixture {mixture_or_task_name!r}; import "
                      "glm_jax.data.tasks or register it first.")

@@ -11,7 +11,7 @@ files (the `--text_key` field; .jsonl / .jsonl.gz, or any file with --text_key),
 globs allowed (local or gs://), or `tfds:NAME:VERSION`, a TFDS dataset already prepared in
 `--tfds_data_dir` (never downloaded; its 'validation' split is used when it has one).
 Validation documents come from `--validation_input`, else every `--holdout_every`-th document
-of each work unit is held out.
+of each work unit is held out (counted from an offset drawn from the unit).
 
 The input is planned into work units (byte ranges of about `--unit_bytes` of each plain file,
 one unit per gzip file, TFDS example ranges); a Beam ParDo tokenizes each unit into one shard
@@ -40,6 +40,7 @@ import numpy as np
 from glm_jax.data import corpus
 from glm_jax.data import prepared
 
+FLAGS = flags.FLAGS
 DEFAULT_UNIT_BYTES = 128 << 20
 DEFAULT_HOLDOUT_EVERY = 100
 _ENCODE_BATCH = 512
@@ -193,6 +194,10 @@ def process_unit(index: int, *, units: Sequence[dict], output_dir: str, vocabula
   writers = {s: prepared.ShardWriter(out / s, name, dtype) for s in prepared.SPLITS}
   counters, digest = corpus.ReadCounters(), hashlib.sha256()
   empty = 0
+  # Each unit holds out every holdout_every-th document from its own offset, so units
+  # smaller than holdout_every still hold out 1 / holdout_every of the documents on average.
+  offset = int(hashlib.sha256(json.dumps(unit, sort_keys=True).encode()).hexdigest(), 16) % max(
+      holdout_every, 1)
   try:
     documents = _unit_documents(unit, text_key, counters, digest)
     for i, ids in enumerate(_encode_all(vocab, documents)):
@@ -201,7 +206,7 @@ def process_unit(index: int, *, units: Sequence[dict], output_dir: str, vocabula
         continue
       role = unit["role"]
       if role == "holdout":
-        held = holdout_every > 0 and i % holdout_every == holdout_every - 1
+        held = holdout_every > 0 and (i + offset) % holdout_every == holdout_every - 1
         role = "validation" if held else "train"
       writers[role].add(ids)
     shards = {s: w.commit() for s, w in writers.items()}
@@ -392,21 +397,23 @@ def cached_corpus(train_files: Sequence[str], validation_files: Sequence[str],
 
 # ----------------------------------------------------------------------------- command line
 
-_INPUT = flags.DEFINE_multi_string(
-    "input", None, "Text / JSONL files or globs (comma-separated), or tfds:NAME:VERSION.")
-_VALIDATION_INPUT = flags.DEFINE_multi_string(
-    "validation_input", [], "Validation files or globs; default: hold out documents.")
-_VOCABULARY = flags.DEFINE_string("vocabulary", "builtin",
-                                  "Vocabulary spec (glm_jax.data.vocab.get_vocabulary).")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "The prepared corpus (local or gs://).")
-_TEXT_KEY = flags.DEFINE_string("text_key", None, "JSONL / TFDS text field (default 'text').")
-_HOLDOUT_EVERY = flags.DEFINE_integer(
-    "holdout_every", DEFAULT_HOLDOUT_EVERY,
-    "Without validation inputs, every N-th document of each unit is validation (0: none).")
-_UNIT_BYTES = flags.DEFINE_integer("unit_bytes", DEFAULT_UNIT_BYTES,
-                                   "Bytes of an uncompressed file per work unit.")
-_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None,
-                                     "TFDS data dir of tfds: inputs (default $TFDS_DATA_DIR).")
+def define_flags() -> None:
+  """The command line's flags (defined only when run as a program: tasks.py imports us)."""
+  flags.DEFINE_multi_string(
+      "input", None, "Text / JSONL files or globs (comma-separated), or tfds:NAME:VERSION.")
+  flags.DEFINE_multi_string("validation_input", [],
+                            "Validation files or globs; default: hold out documents.")
+  flags.DEFINE_string("vocabulary", "builtin",
+                      "Vocabulary spec (glm_jax.data.vocab.get_vocabulary).")
+  flags.DEFINE_string("output_dir", None, "The prepared corpus (local or gs://).")
+  flags.DEFINE_string("text_key", None, "JSONL / TFDS text field (default 'text').")
+  flags.DEFINE_integer(
+      "holdout_every", DEFAULT_HOLDOUT_EVERY,
+      "Without validation inputs, every N-th document of each unit is validation (0: none).")
+  flags.DEFINE_integer("unit_bytes", DEFAULT_UNIT_BYTES,
+                       "Bytes of an uncompressed file per work unit.")
+  flags.DEFINE_string("tfds_data_dir", None,
+                      "TFDS data dir of tfds: inputs (default $TFDS_DATA_DIR).")
 
 
 def _split_list(values: Optional[Sequence[str]]) -> List[str]:
@@ -415,24 +422,28 @@ def _split_list(values: Optional[Sequence[str]]) -> List[str]:
 
 def main(argv: Sequence[str]) -> None:
   beam_args = list(argv[1:])
+  if logging.get_verbosity() <= logging.INFO:
+    import logging as std_logging  # pylint: disable=g-import-not-at-top
+    std_logging.getLogger("apache_beam").setLevel(std_logging.WARNING)
   try:
-    if not _INPUT.value or not _OUTPUT_DIR.value:
+    if not FLAGS.input or not FLAGS.output_dir:
       raise ValueError("prepare needs --input=FILES|tfds:NAME:VERSION and --output_dir=DIR.")
     start = time.perf_counter()
-    manifest = prepare(_split_list(_INPUT.value), _VOCABULARY.value, _OUTPUT_DIR.value,
-                       validation_inputs=_split_list(_VALIDATION_INPUT.value),
-                       text_key=_TEXT_KEY.value, holdout_every=_HOLDOUT_EVERY.value,
-                       unit_bytes=_UNIT_BYTES.value, tfds_data_dir=_TFDS_DATA_DIR.value,
+    manifest = prepare(_split_list(FLAGS.input), FLAGS.vocabulary, FLAGS.output_dir,
+                       validation_inputs=_split_list(FLAGS.validation_input),
+                       text_key=FLAGS.text_key, holdout_every=FLAGS.holdout_every,
+                       unit_bytes=FLAGS.unit_bytes, tfds_data_dir=FLAGS.tfds_data_dir,
                        beam_args=beam_args)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     print(f"prepare: {e}", file=sys.stderr)
     sys.exit(1)
   summary = {s: {k: v[k] for k in ("documents", "tokens")}
              for s, v in manifest["splits"].items()}
-  print(json.dumps({"output_dir": _OUTPUT_DIR.value, "splits": summary,
+  print(json.dumps({"output_dir": FLAGS.output_dir, "splits": summary,
                     "vocabulary": manifest["vocabulary"], "counters": manifest["counters"],
                     "seconds": round(time.perf_counter() - start, 1)}, sort_keys=True))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -68,6 +68,14 @@ class GLMSource:
             self.mix.short_seq_prob, self._is_end)
       return self._builders[key]
 
+  def check_split(self, split: str) -> None:
+    """A clear error when a component has no documents in `split`."""
+    for c in self.components:
+      if split not in c.splits:
+        raise ValueError(f"The prepared corpus {c.directory} of {self.name!r} has no "
+                         f"{split!r} documents; prepare it with --validation_input or "
+                         "--holdout_every.")
+
   def raw_length(self, sequence_length: int) -> int:
     return self.mix.raw_length(sequence_length)
 
