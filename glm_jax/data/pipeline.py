@@ -34,7 +34,8 @@ def stream_positions(batch: int, batch_size: int, shard_index: int, num_shards: 
 
 def _glm_batches(source, split: str, *, sequence_length: int, batch_size: int, seed: int,
                  start_batch: int, shard_index: int, num_shards: int, pack: bool,
-                 pack_factor: int, num_batches: Optional[int]) -> Iterator[Dict[str, np.ndarray]]:
+                 pack_factor: int, num_batches: Optional[int],
+                 num_threads: Optional[int]) -> Iterator[Dict[str, np.ndarray]]:
   name = source.name
   rows = batch_size // num_shards
   per_row = pack_factor if pack else 1
@@ -47,18 +48,19 @@ def _glm_batches(source, split: str, *, sequence_length: int, batch_size: int, s
                shard_index * rows, (shard_index + 1) * rows, batch_size, batch_size, per_row,
                start_batch)
 
-  def positions():
-    i = start_batch
-    while num_batches is None or i < start_batch + num_batches:
-      for k in stream_positions(i, batch_size, shard_index, num_shards, per_row):
-        yield k, (n is None or k < n)
-      i += 1
-
-  ds = tf.data.Dataset.from_generator(positions, output_signature=(
-      tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.bool)))
+  # Element m of this process's stream: slot j of global batch i, stream position k.
+  per_batch = rows * per_row
+  stop = (1 << 62) if num_batches is None else (start_batch + num_batches) * per_batch
   base_seed = tf.constant([seed, tasks_lib.source_lib.split_id(split)], tf.int64)
-  ds = ds.map(lambda k, valid: {"index": tf.where(valid, k, 0), "split": tf.constant(split),
-                                "base_seed": base_seed, "valid": valid})
+
+  def features(m):
+    i, j = m // per_batch, m % per_batch
+    k = (i * batch_size + shard_index * rows) * per_row + j
+    valid = tf.constant(True) if n is None else k < n
+    return {"index": tf.where(valid, k, 0), "split": tf.constant(split),
+            "base_seed": base_seed, "valid": valid}
+
+  ds = tf.data.Dataset.range(start_batch * per_batch, stop).map(features)
   ds = source.examples(ds, sequence_length).map(
       lambda ex: dict({key: ex[key] for key in LAYOUT_KEYS}, valid=ex["valid"]))
   converter = feature_converter.GLMFeatureConverter(pack=pack, pad_id=source.special.pad)
@@ -75,6 +77,11 @@ def _glm_batches(source, split: str, *, sequence_length: int, batch_size: int, s
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(rows)
   ds = ds.prefetch(4)
+  if num_threads:
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = num_threads
+    options.threading.max_intra_op_parallelism = 1
+    ds = ds.with_options(options)
   for batch in ds.as_numpy_iterator():
     valid = batch.pop("valid")
     if not valid.all():
@@ -122,7 +129,8 @@ def get_batches(mixture_or_task_name: str, split: str = "train", *, sequence_len
                 batch_size: int, seed: int = 0, start_batch: int = 0, shard_index: int = 0,
                 num_shards: int = 1, pack: bool = False, num_batches: Optional[int] = None,
                 pack_factor: int = 2, vocabulary: Optional[str] = None,
-                data_dir: Optional[str] = None) -> Iterator[Dict[str, np.ndarray]]:
+                data_dir: Optional[str] = None, num_threads: Optional[int] = None
+                ) -> Iterator[Dict[str, np.ndarray]]:
   """Numpy model batches (docs/ARCHITECTURE.md) of this process's rows of each global batch.
 
   `batch_size` is global; this process gets rows [shard_index * b, (shard_index + 1) * b),
@@ -130,7 +138,8 @@ def get_batches(mixture_or_task_name: str, split: str = "train", *, sequence_len
   one pass (the last batch padded with all-zero rows) unless `num_batches`. With `pack`,
   batch i packs `pack_factor` examples per row in order and drops what does not fit.
   `vocabulary` (a spec; default the task's) tokenizes the corpus; `data_dir` holds the named
-  prepared corpora (default $GLM_JAX_DATA_DIR).
+  prepared corpora (default $GLM_JAX_DATA_DIR); `num_threads` caps the input's tf.data
+  threads (None: TF's default, every core).
   """
   if batch_size <= 0 or num_shards <= 0 or batch_size % num_shards:
     raise ValueError(f"batch_size {batch_size} must be a positive multiple of num_shards "
@@ -149,7 +158,8 @@ def get_batches(mixture_or_task_name: str, split: str = "train", *, sequence_len
     # first batch.
     source = tasks_lib.get_source(mixture_or_task_name, vocabulary, data_dir)
     source.check_split(split)
-    return _glm_batches(source, split, pack_factor=pack_factor, **kwargs)
+    return _glm_batches(source, split, pack_factor=pack_factor, num_threads=num_threads,
+                        **kwargs)
   if mixture_or_task_name not in seqio.TaskRegistry.names() | seqio.MixtureRegistry.names():
     raise ValueError(f"Unknown task or mixture {mixture_or_task_name!r}; import "
                      "glm_jax.data.tasks or register it first.")

@@ -28,6 +28,7 @@ from glm_jax.data import prepared
 from glm_jax.data import samples
 
 INDEX_FEATURES = ("index", "split", "base_seed")
+READ_CHUNK = 32  # stream positions per call into the Python sampler
 
 
 def split_id(split: str) -> int:
@@ -117,18 +118,35 @@ class GLMSource:
     if objective_probs is not None:
       kwargs["objective_probs"] = tuple(objective_probs)
 
-    def read(split, base_seed, k):
-      return self.raw_sample(split.decode(), int(base_seed[0]), int(k), sequence_length)
+    raw_length = self.raw_length(sequence_length)
+
+    def read(split, base_seed, ks):
+      """Raw samples of stream positions `ks` (one split and seed), padded, and lengths."""
+      tokens = np.zeros([len(ks), raw_length], np.int32)
+      lengths = np.zeros([len(ks)], np.int32)
+      for i, k in enumerate(ks):
+        sample = self.raw_sample(split.decode(), int(base_seed[0]), int(k), sequence_length)
+        tokens[i, :len(sample)] = sample
+        lengths[i] = len(sample)
+      return tokens, lengths
+
+    def read_chunk(features):
+      # One Python call per chunk: crossing into Python per example costs more than drawing.
+      tokens, lengths = tf.numpy_function(
+          read, [features["split"][0], features["base_seed"][0], features["index"]],
+          (tf.int32, tf.int32), stateful=False)
+      tokens.set_shape([None, raw_length])
+      lengths.set_shape([None])
+      return dict(features, raw=tokens, raw_length=lengths)
 
     def build(features):
-      raw = tf.numpy_function(read, [features["split"], features["base_seed"],
-                                     features["index"]], tf.int32, stateful=False)
-      raw.set_shape([None])
+      raw = features["raw"][:features["raw_length"]]
       seed = tf.random.experimental.stateless_fold_in(features["base_seed"], features["index"])
       out = objectives.construct_example(raw, seed, self.special,
                                          sequence_length=sequence_length, **kwargs)
       out["index"] = features["index"]
-      out.update({k: v for k, v in features.items() if k not in INDEX_FEATURES})
+      out.update({k: v for k, v in features.items() if k not in INDEX_FEATURES + ("raw", "raw_length")})
       return out
 
+    ds = ds.batch(READ_CHUNK).map(read_chunk).unbatch()
     return ds.map(build, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
