@@ -212,3 +212,28 @@ def test_kill_9_then_same_command_completes_identically(tmp_path):
       "documents"] == 8 * len(LINES)
   reference = _files(prepare_in_process(tmp_path / "ref", [path], unit_bytes=30000))
   assert _files(tmp_path / "out") == reference
+
+
+def test_prepared_corpus_on_gcs(tmp_path):
+  """Prepare to gs:// and train-read from gs:// (a local GCS emulator on 127.0.0.1)."""
+  emulator_lib = pytest.importorskip("glm_jax.testing.gcs_emulator")
+  path = _jsonl(tmp_path / "docs.jsonl", LINES)
+  local = prepare_in_process(tmp_path / "local", [path], unit_bytes=40_000)
+  code = f"""
+import json, numpy as np
+from glm_jax.data import pipeline, prepare
+url = "gs://{emulator_lib.DEFAULT_BUCKET}/prepared/tiny"
+prepare.prepare([{path!r}], "builtin", url, unit_bytes=40_000, in_process=True)
+prepare.prepare([{path!r}], "builtin", url, unit_bytes=40_000, in_process=True)  # all skipped
+for where in (url, {local!r}):
+  b = next(pipeline.get_batches("prepared:" + where, "train", sequence_length=64,
+                                batch_size=4, seed=7, start_batch=123))
+  print(json.dumps({{k: v.tolist() for k, v in b.items()}}))
+"""
+  with emulator_lib.GcsEmulator(str(tmp_path / "gcs")) as emulator:
+    env = dict(multi_device_env(1), **emulator.env)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  from_gcs, from_disk = result.stdout.strip().splitlines()[-2:]
+  assert json.loads(from_gcs) == json.loads(from_disk)

@@ -245,6 +245,8 @@ def _finished(output_dir: str, index: int, units: Sequence[dict], vocabulary: st
     sizes = {"tokens": shard["tokens"] * itemsize, "index": (shard["documents"] + 1) * 8}
     for suffix, size in sizes.items():
       file = epath.Path(f"{base}.{suffix}")
+      if not size and not file.exists():
+        continue  # an object store may keep no empty object
       if not file.exists() or file.stat().length != size:
         return None
     if not epath.Path(f"{base}.blocks").exists():

@@ -13,13 +13,16 @@ Documents hold no [CLS]/eos (the sampler adds them). A reader keeps only the `.b
 arrays in memory (8 bytes per BLOCK documents): finding the document of a token costs one
 ranged read of a BLOCK-entry index block (cached), reading a window of it one ranged read of
 its tokens. Memory does not grow with the corpus, and every file goes through `etils.epath`,
-so `gs://` directories are read like local ones. Files are written under temporary names and
-renamed; a unit's JSON is written after its files, the manifest after every unit.
+so `gs://` directories are read like local ones. Local files are written under temporary
+names and renamed (on gs:// an object appears only once fully uploaded, so there they are
+written under their own names); a unit's JSON is written after its files, the manifest after
+every unit.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -52,13 +55,26 @@ def unit_record_path(directory, unit: int, num_units: int) -> epath.Path:
   return epath.Path(directory) / UNITS_DIR / f"unit-{unit:05d}-of-{num_units:05d}.json"
 
 
+def is_object_store(path) -> bool:
+  """gs:// (and other URL) paths: an object appears only once it is fully written."""
+  return "://" in os.fspath(path)
+
+
+def _staging(path: epath.Path) -> epath.Path:
+  """Where `path` is written before it is renamed into place (itself on an object store)."""
+  if is_object_store(path):
+    return path
+  return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+
+
 def write_json(path, value) -> None:
   """Writes JSON under a temporary name, then renames it into place."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  temp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+  temp = _staging(path)
   temp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
-  temp.replace(path)
+  if temp != path:
+    temp.replace(path)
 
 
 def read_json(path):
@@ -66,7 +82,11 @@ def read_json(path):
 
 
 class ShardWriter:
-  """Writes one shard (.tokens, .index, .blocks) under temporary names; `commit` renames."""
+  """Writes one shard (.tokens, .index, .blocks) under temporary names; `commit` renames.
+
+  On an object store (gs://) the files are written under their own names: an object exists
+  only once its upload completes, and a rename there would be a copy.
+  """
 
   def __init__(self, directory, name: str, dtype: np.dtype):
     self._dir = epath.Path(directory)
@@ -74,12 +94,17 @@ class ShardWriter:
     self._name = name
     self._dtype = np.dtype(dtype)
     self._tag = uuid.uuid4().hex
-    self._tokens = self._temp("tokens").open("wb")
+    self._direct = is_object_store(self._dir)
+    # epath's gs:// open() is a context manager only: hold it open with an ExitStack.
+    self._stack = contextlib.ExitStack()
+    self._tokens = self._stack.enter_context(self._temp("tokens").open("wb"))
     self._sha = hashlib.sha256()
     self._offsets: List[int] = [0]
     self._max_id = self._limit = np.iinfo(self._dtype).max
 
   def _temp(self, suffix: str) -> epath.Path:
+    if self._direct:
+      return self._dir / f"{self._name}.{suffix}"
     return self._dir / f".{self._name}.{suffix}.tmp-{self._tag}"
 
   def add(self, ids: Sequence[int]) -> None:
@@ -97,19 +122,22 @@ class ShardWriter:
 
   def commit(self) -> dict:
     """Closes and renames the files into place; returns counts and the tokens' sha256."""
-    self._tokens.close()
+    self._stack.close()
     offsets = np.asarray(self._offsets, _INDEX_DTYPE)
     blocks = np.append(offsets[::BLOCK], offsets[-1]).astype(_INDEX_DTYPE)
     for suffix, array in (("index", offsets), ("blocks", blocks)):
       with self._temp(suffix).open("wb") as f:
         f.write(array.tobytes())
-    for suffix in ("tokens", "index", "blocks"):
-      self._temp(suffix).replace(self._dir / f"{self._name}.{suffix}")
+    if not self._direct:
+      for suffix in ("tokens", "index", "blocks"):
+        self._temp(suffix).replace(self._dir / f"{self._name}.{suffix}")
     return {"name": self._name, "documents": len(offsets) - 1, "tokens": int(offsets[-1]),
             "sha256": self._sha.hexdigest()}
 
   def abort(self) -> None:
-    self._tokens.close()
+    self._stack.close()
+    if self._direct:
+      return  # the unit's record is not written: a re-run rewrites these files
     for suffix in ("tokens", "index", "blocks"):
       path = self._temp(suffix)
       if path.exists():
@@ -132,7 +160,8 @@ class _RangeFile:
   """Ranged reads of one file: os.pread on local files, a locked seek + read elsewhere."""
 
   def __init__(self, path: epath.Path):
-    self._file = path.open("rb")
+    self._stack = contextlib.ExitStack()  # kept open for the reader's lifetime
+    self._file = self._stack.enter_context(path.open("rb"))
     try:
       self._fd = self._file.fileno()
     except (AttributeError, OSError, ValueError, NotImplementedError):
