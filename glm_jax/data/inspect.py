@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from glm_jax.data import objectives
 from glm_jax.data import samples
+from glm_jax.data import source as source_lib
 from glm_jax.data import tasks as tasks_lib
 
 _TASK = flags.DEFINE_string("task", None, "Task name (e.g. glm_builtin, text:PATH).")
@@ -122,7 +123,7 @@ def examples(task_name: str, split: str, sequence_length: int, seed: int = 0, st
   if objective is not None:
     probs = tuple(float(o == objective) for o in objectives.OBJECTIVES)
   positions = tf.data.Dataset.range(start, start + count).map(
-      lambda k: src.index_features(split, seed, k))
+      lambda k: source_lib.index_features(split, seed, k))
   out = []
   for k, ex in zip(range(start, start + count),
                    src.examples(positions, sequence_length, probs).as_numpy_iterator()):
@@ -177,10 +178,10 @@ def stats(task_name: str, split: str, num_samples: int, sequence_length: int, se
           objective: Optional[str] = None, vocabulary: Optional[str] = None,
           data_dir: Optional[str] = None) -> dict:
   """`--stats`: per-objective statistics (flat when `objective` is given) plus counters."""
-  task_mix = tasks_lib.get_source(task_name, vocabulary, data_dir).mix
-  sop = tasks_lib.get_source(task_name, vocabulary, data_dir).special.sop
+  src = tasks_lib.get_source(task_name, vocabulary, data_dir)
+  sop = src.special.sop
   names = [objective] if objective else [
-      o for o, p in zip(objectives.OBJECTIVES, task_mix.objective_probs) if p > 0]
+      o for o, p in zip(objectives.OBJECTIVES, src.mix.objective_probs) if p > 0]
   result = {name: objective_stats(examples(task_name, split, sequence_length, seed, 0,
                                            num_samples, name, vocabulary, data_dir), sop)
             for name in names}

@@ -19,6 +19,7 @@ import seqio
 import tensorflow as tf
 
 from glm_jax.data import feature_converter
+from glm_jax.data import source as source_lib
 from glm_jax.data import tasks as tasks_lib
 
 LAYOUT_KEYS = ("tokens", "positions", "sep", "targets", "loss_weights")
@@ -51,14 +52,12 @@ def _glm_batches(source, split: str, *, sequence_length: int, batch_size: int, s
   # Element m of this process's stream: slot j of global batch i, stream position k.
   per_batch = rows * per_row
   stop = (1 << 62) if num_batches is None else (start_batch + num_batches) * per_batch
-  base_seed = tf.constant([seed, tasks_lib.source_lib.split_id(split)], tf.int64)
 
   def features(m):
     i, j = m // per_batch, m % per_batch
-    k = (i * batch_size + shard_index * rows) * per_row + j
+    k = (i * batch_size + shard_index * rows) * per_row + j   # = stream_positions(i, ...)[j]
     valid = tf.constant(True) if n is None else k < n
-    return {"index": tf.where(valid, k, 0), "split": tf.constant(split),
-            "base_seed": base_seed, "valid": valid}
+    return dict(source_lib.index_features(split, seed, tf.where(valid, k, 0)), valid=valid)
 
   ds = tf.data.Dataset.range(start_batch * per_batch, stop).map(features)
   ds = source.examples(ds, sequence_length).map(

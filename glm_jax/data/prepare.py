@@ -1,9 +1,9 @@
-r"""Tokenizes a corpus once into a prepared corpus (`glm_jax/data/prepared.py`): an Apache Beam pipeline.
+r"""Tokenizes a corpus once into a prepared corpus (`prepared.py`): an Apache Beam pipeline.
 
   python -m glm_jax.data.prepare --input='/data/wiki/*.jsonl.gz' \
       --vocabulary=wordpiece:/data/bert-base-uncased-vocab.txt --output_dir=/data/prepared/wiki
   python -m glm_jax.data.prepare --input=tfds:wikipedia/20230601.en:1.0.0 \
-      --tfds_data_dir=/data/tensorflow_datasets --vocabulary=SPEC --output_dir=gs://b/prepared/wiki \
+      --tfds_data_dir=/data/tfds --vocabulary=SPEC --output_dir=gs://b/prepared/wiki \
       -- --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp ...
 
 SOURCE (`--input`, comma-separated, repeatable) is text files (one document per line), JSONL
@@ -259,12 +259,12 @@ def _finished(output_dir: str, index: int, units: Sequence[dict], vocabulary: st
 
 def _run_beam(todo: Sequence[int], kwargs: dict, beam_args: Sequence[str]) -> None:
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
   args = list(beam_args)
   if not any(a.startswith("--runner") for a in args):
     args = ["--runner=DirectRunner", f"--direct_num_workers={os.cpu_count() or 1}",
             "--direct_running_mode=multi_processing"] + args
-  with beam.Pipeline(options=PipelineOptions(args)) as pipeline:
+  with beam.Pipeline(options=pipeline_options.PipelineOptions(args)) as pipeline:
     _ = (pipeline
          | "Units" >> beam.Create(list(todo))
          | "Spread" >> beam.Reshuffle()

@@ -35,6 +35,12 @@ def split_id(split: str) -> int:
   return sum(split.encode()) * 7919 + len(split)
 
 
+def index_features(split: str, seed: int, k) -> dict:
+  """The features of stream position(s) k that `GLMSource.examples` turns into examples."""
+  return {"index": tf.cast(k, tf.int64), "split": tf.constant(split),
+          "base_seed": tf.constant([seed, split_id(split)], tf.int64)}
+
+
 def sample_rng(seed: int, split: str, k: int) -> random.Random:
   """The RNG that draws raw sample k of (seed, split)."""
   return random.Random(((seed % (1 << 64)) << 80) | (split_id(split) << 64) | int(k))
@@ -101,11 +107,6 @@ class GLMSource:
     """Ranged reads issued so far (index blocks and token windows)."""
     return sum(c.split(s).reads for c in self.components for s in c.splits)
 
-  def index_features(self, split: str, seed: int, k) -> dict:
-    """The features of stream position(s) k that `examples` turns into examples."""
-    return {"index": tf.cast(k, tf.int64), "split": tf.constant(split),
-            "base_seed": tf.constant([seed, split_id(split)], tf.int64)}
-
   def examples(self, ds: tf.data.Dataset, sequence_length: int,
                objective_probs=None) -> tf.data.Dataset:
     """{index, split, base_seed, ...} -> GLM layout examples (objectives.py keys, unpadded;
@@ -145,7 +146,8 @@ class GLMSource:
       out = objectives.construct_example(raw, seed, self.special,
                                          sequence_length=sequence_length, **kwargs)
       out["index"] = features["index"]
-      out.update({k: v for k, v in features.items() if k not in INDEX_FEATURES + ("raw", "raw_length")})
+      dropped = INDEX_FEATURES + ("raw", "raw_length")
+      out.update({k: v for k, v in features.items() if k not in dropped})
       return out
 
     ds = ds.batch(READ_CHUNK).map(read_chunk).unbatch()

@@ -134,6 +134,7 @@ class GLMTask:
 _GLM_TASKS: Dict[str, GLMTask] = {}
 # name -> ((task name, rate), ...); rate 'tokens' weights a task by its corpus's train tokens.
 _GLM_MIXTURES: Dict[str, Tuple[Tuple[str, Union[float, str]], ...]] = {}
+_SOURCES: Dict[tuple, "source_lib.GLMSource"] = {}
 _LOCK = threading.Lock()
 
 
@@ -243,13 +244,11 @@ def get_source(name: str, vocabulary: Optional[str] = None,
     return cached
   components = [(c, c.num_tokens("train") if rate == "tokens" else float(rate))
                 for c, rate in components]
-  made = source_lib.GLMSource(name, components, mixes.pop(), vocab_lib.get_vocabulary(vocabulary))
+  made = source_lib.GLMSource(name, components, mixes.pop(),
+                              vocab_lib.get_vocabulary(vocabulary))
   with _LOCK:
     _SOURCES[key] = made
   return made
-
-
-_SOURCES: Dict[tuple, source_lib.GLMSource] = {}
 
 
 # ----------------------------------------------------------------------------- seqio
@@ -281,11 +280,9 @@ class IndexSource(seqio.DataSource):
       raise ValueError(f"Unknown split {split!r}; use one of {SPLITS}.")
     index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
     seed = 0 if seed is None else int(seed)
-    src_features = lambda k: {"index": k, "split": tf.constant(split),
-                              "base_seed": tf.constant([seed, source_lib.split_id(split)],
-                                                       tf.int64)}
     # The preprocessor ends a validation pass (its length depends on the model length).
-    return tf.data.Dataset.range(index, 1 << 62, count).map(src_features)
+    return tf.data.Dataset.range(index, 1 << 62, count).map(
+        lambda k: source_lib.index_features(split, seed, k))
 
 
 def _glm_examples(dataset: tf.data.Dataset, sequence_length=None, output_features=None, *,
