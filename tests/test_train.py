@@ -1,5 +1,6 @@
 """End to end through `python -m glm_jax.train`: metrics, resume after kill -9, SIGTERM, init, NaN."""
 
+import dataclasses
 import json
 import os
 import random
@@ -294,3 +295,10 @@ def test_default_vocabulary_is_init_checkpoints(tmp_path):
                                             config, "spm:/somewhere/model.model")
   assert train_lib.default_vocabulary(init) == "spm:/somewhere/model.model"
   assert train_lib.default_vocabulary(None) == "builtin"
+  # Resuming a MODEL_DIR trained with another vocabulary is refused the same way.
+  with pytest.raises(ValueError, match=r"MODEL_DIR .* was trained with vocabulary "
+                     r"'spm:/somewhere/model.model' but VOCABULARY is 'builtin'"):
+    train_lib.check_vocabulary("builtin", dataclasses.replace(config, vocab_size=8064),
+                               model_dir=init)
+  train_lib.check_vocabulary("builtin", dataclasses.replace(config, vocab_size=8064),
+                             model_dir=str(tmp_path / "empty"))  # nothing saved: fine

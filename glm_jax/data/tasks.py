@@ -187,9 +187,8 @@ def check_vocabulary(corpus_: prepared.PreparedCorpus, vocabulary: str) -> None:
         f"--output_dir=NEW_DIR ...` or set VOCABULARY = '{corpus_.vocabulary_spec}'.")
 
 
-def open_task_corpus(task: GLMTask, vocabulary: str,
-                     data_dir_: Optional[str] = None) -> prepared.PreparedCorpus:
-  """The prepared corpus of a task for `vocabulary` (prepared on first use where needed)."""
+def task_corpus_path(task: GLMTask, vocabulary: str, data_dir_: Optional[str] = None) -> str:
+  """The prepared corpus directory of a task for `vocabulary` (prepared on first use)."""
   spec = task.corpus
   if spec.kind == "builtin":
     path = prepare_lib.cached_corpus([corpus.builtin_file("train")],
@@ -215,7 +214,13 @@ def open_task_corpus(task: GLMTask, vocabulary: str,
           f"--output_dir={path}`.")
   else:
     raise ValueError(f"Unknown corpus kind {spec.kind!r}.")
-  opened = prepared.open_corpus(path)
+  return path
+
+
+def open_task_corpus(task: GLMTask, vocabulary: str,
+                     data_dir_: Optional[str] = None) -> prepared.PreparedCorpus:
+  """The prepared corpus of a task, checked to be tokenized with `vocabulary`."""
+  opened = prepared.open_corpus(task_corpus_path(task, vocabulary, data_dir_))
   check_vocabulary(opened, vocabulary)
   return opened
 
@@ -236,7 +241,8 @@ def get_source(name: str, vocabulary: Optional[str] = None,
   if len(mixes) > 1:
     raise ValueError(f"Mixture {name!r} mixes tasks with different objective mixes; use one "
                      "mix per mixture.")
-  key = (name, vocabulary, data_dir(data_dir_))
+  key = (name, vocabulary, data_dir(data_dir_),
+         tuple((task.corpus, task.mix, rate) for task, rate in members))
   with _LOCK:
     cached = _SOURCES.get(key)
   components = [(open_task_corpus(task, vocabulary, data_dir_), rate) for task, rate in members]
@@ -385,7 +391,9 @@ def register_mixture(name: str, tasks_and_rates: Sequence[Tuple[str, Union[float
   def rate_of(task_name, rate):
     if rate != "tokens":
       return float(rate)
-    return lambda _task: float(get_source(task_name).components[0].num_tokens("train"))
+    task = _GLM_TASKS[task_name]
+    return lambda _: float(prepared.open_corpus(task_corpus_path(
+        task, task.default_vocabulary)).num_tokens("train"))
   seqio.MixtureRegistry.add(name, [(_GLM_TASKS[t].seqio_name, rate_of(t, r))
                                    for t, r in tasks_and_rates])
 
