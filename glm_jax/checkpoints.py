@@ -2,7 +2,9 @@
 
 Layout of MODEL_DIR/<step>/: `state/` (TrainState: step, params, opt_state) and `meta/` (JSON:
 next_batch, glm_config, vocab_spec, step). A params-only checkpoint (converted weights, the
-input of fine-tuning) is a directory with `params/` and `glm_checkpoint.json`.
+input of fine-tuning) is a directory with `params/` and `glm_checkpoint.json`. Every path
+may be local or gs:// (glm_jax.paths); a step is complete when orbax has finalized it (its
+atomic rename locally, `commit_success.txt` on GCS).
 
   python -m glm_jax.checkpoints --model_dir=DIR   # step, parameter count, SHA-256 of params
 """
@@ -12,22 +14,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from absl import app, flags, logging  # pylint: disable=g-multiple-import
+import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from glm_jax import paths
 from glm_jax.model import GLMConfig
 
 STATE_ITEM = "state"
 META_ITEM = "meta"
 PARAMS_ITEM = "params"
 PARAMS_META_FILE = "glm_checkpoint.json"
+TMP_MARKER = ".orbax-checkpoint-tmp"
+# tensorstore's status codes for bytes that are gone or cannot be decoded.
+_LOST_DATA_CODES = ("DATA_LOSS", "NOT_FOUND")
 
 
 def _make_meta(step: int, next_batch: int, config: GLMConfig, vocab_spec: str) -> dict:
@@ -35,22 +41,67 @@ def _make_meta(step: int, next_batch: int, config: GLMConfig, vocab_spec: str) -
           "vocab_spec": vocab_spec}
 
 
+def _any_process(flag: bool) -> bool:
+  """True when `flag` holds on any process (every process gets the same answer)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes(name)
+
+
+def unreadable_reason(error: BaseException) -> Optional[str]:
+  """Why `error`, raised reading a checkpoint, shows its bytes lost or undecodable; else None.
+
+  tensorstore reports missing and undecodable files as NOT_FOUND / DATA_LOSS, and a cut
+  JSON metadata file fails to decode. Anything else (a shape that does not match this run's
+  model, memory, the network) says nothing against the checkpoint.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
+      return f"undecodable metadata ({error})"
+    if isinstance(error, FileNotFoundError):
+      return f"missing file ({error})"
+    code = str(error).split(":", 1)[0].strip()
+    if code in _LOST_DATA_CODES:
+      return str(error).splitlines()[0][:300]
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
+
+
+def is_step_dir(path) -> bool:
+  """A step directory orbax has finalized (commit marker or atomic rename) with a state item."""
+  return (path.name.isdigit() and ocp.path.step.is_path_finalized(path)
+          and (path / STATE_ITEM).exists())
+
+
+def _is_partial_step(path) -> bool:
+  """A step directory a kill cut short: orbax's tmp directory, or (on GCS) no commit marker."""
+  name = path.name
+  step_like = name.isdigit() or (TMP_MARKER in name and name.split(".", 1)[0].isdigit())
+  return step_like and path.is_dir() and not ocp.path.step.is_path_finalized(path)
+
+
 class CheckpointManager:
   """Periodic async saves of the TrainState into MODEL_DIR, keep K, resume from the latest."""
 
   def __init__(self, model_dir: str, abstract_state, *, period: int, keep: Optional[int] = 3,
                async_save: bool = True):
-    self.model_dir = os.path.abspath(model_dir)
+    self.model_dir = paths.resolve(model_dir)
     self.abstract_state = abstract_state
     self.period = period
-    try:
-      os.makedirs(self.model_dir, exist_ok=True)
-    except OSError as e:
-      raise ValueError(f"Cannot create MODEL_DIR {model_dir!r} ({e.strerror}); "
-                       "choose a writable directory.") from None
-    if not os.access(self.model_dir, os.W_OK | os.R_OK):
-      raise ValueError(f"MODEL_DIR {model_dir!r} is not readable and writable; "
-                       "fix its permissions or choose another directory.")
+    _prepare_model_dir(self.model_dir, model_dir)
     self._manager = self._open(keep, async_save)
 
   def _open(self, keep, async_save):
@@ -61,19 +112,27 @@ class CheckpointManager:
                                  item_names=(STATE_ITEM, META_ITEM))
 
   def _remove_partial_saves(self):
-    """Deletes saves cut short by a kill (orbax's *.orbax-checkpoint-tmp* directories)."""
-    if jax.process_index() != 0:
-      return
-    for name in os.listdir(self.model_dir):
-      if ".orbax-checkpoint-tmp" in name:
-        shutil.rmtree(os.path.join(self.model_dir, name), ignore_errors=True)
-        logging.warning("Removed the partial checkpoint %s.", name)
+    """Deletes step directories orbax never finalized (a save cut short by a kill).
+
+    orbax's own cleanup would, on GCS, also take every other directory without a commit
+    marker (tensorboard/, best/, eval/), so only step-named directories are considered.
+    """
+    if jax.process_index() == 0:
+      for child in self.model_dir.iterdir():
+        if _is_partial_step(child):
+          child.rmtree()
+          logging.warning("Removed the partial checkpoint %s.", child)
+    _sync("glm_jax_remove_partial_saves")
 
   def all_steps(self):
     return sorted(self._manager.all_steps())
 
   def should_save(self, step: int) -> bool:
     return self.period > 0 and step % self.period == 0
+
+  def reached_preemption(self, step: int) -> bool:
+    """JAX's preemption sync point (multi-process runs): all processes agree on this step."""
+    return self._manager.reached_preemption(step)
 
   def save(self, state, *, next_batch: int, config: GLMConfig, vocab_spec: str,
            force: bool = False) -> bool:
@@ -88,29 +147,45 @@ class CheckpointManager:
         force=force)
 
   def restore_latest(self) -> Optional[Tuple[Any, dict]]:
-    """(state, meta) of the newest readable checkpoint; unreadable newer ones are set aside."""
-    steps = self.all_steps()
-    for step in reversed(steps):
+    """(state, meta) of the newest readable checkpoint, or None if there is none.
+
+    A step whose bytes are lost or undecodable (unreadable_reason) is set aside and the one
+    before it is tried; any other failure (e.g. a model that does not match the saved one)
+    is raised and nothing is renamed. All processes take the same decision.
+    """
+    for step in reversed(self.all_steps()):
+      error = None
       try:
         restored = self._manager.restore(
             step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(
                 self.abstract_state), META_ITEM: ocp.args.JsonRestore()}))
-        return restored[STATE_ITEM], dict(restored[META_ITEM])
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint at step %d in %s is unreadable (%s: %s); falling back to "
-                        "the previous one.", step, self.model_dir, type(e).__name__,
-                        str(e).splitlines()[0] if str(e) else "")
-        self._set_aside(step)
+        error = e
+      if not _any_process(error is not None):
+        return restored[STATE_ITEM], dict(restored[META_ITEM])
+      reason = unreadable_reason(error) if error is not None else None
+      if not _any_process(reason is not None):
+        if error is None:
+          raise RuntimeError(f"Another process could not restore step {step} from "
+                             f"{self.model_dir}; see its log.")
+        raise ValueError(
+            f"Checkpoint step {step} in {self.model_dir} cannot be restored into this run's "
+            f"train state ({_first_line(error)}); train with the gin config it was saved "
+            "with, or use a new MODEL_DIR.") from error
+      logging.warning("Checkpoint at step %d in %s is unreadable (%s); falling back to the "
+                      "previous one.", step, self.model_dir, reason or "on another process")
+      self._set_aside(step)
     return None
 
   def _set_aside(self, step: int):
     """Renames an unreadable step directory so a new save of that step can succeed."""
     if jax.process_index() == 0:
-      src = os.path.join(self.model_dir, str(step))
-      dst = os.path.join(self.model_dir, f"corrupt_{step}_{int(time.time())}")
-      if os.path.isdir(src):
-        os.rename(src, dst)
+      src = self.model_dir / str(step)
+      dst = self.model_dir / f"corrupt_{step}_{int(time.time())}"
+      if src.is_dir():
+        src.rename(dst)
         logging.warning("Moved unreadable checkpoint %s to %s.", src, dst)
+    _sync(f"glm_jax_set_aside_{step}")
     self._manager.reload()
 
   def wait(self):
@@ -123,39 +198,75 @@ class CheckpointManager:
       self._manager = None
 
 
+def _prepare_model_dir(path, given: str) -> None:
+  """Creates MODEL_DIR; a local one must be readable and writable."""
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"Cannot create MODEL_DIR {given!r} ({_first_line(e)}); choose a "
+                     "writable directory (for gs:// an existing bucket).") from None
+  if not paths.is_url(path):
+    if not os.access(path, os.W_OK | os.R_OK):
+      raise ValueError(f"MODEL_DIR {given!r} is not readable and writable; "
+                       "fix its permissions or choose another directory.")
+
+
+# Host arrays written in chunks of this size by save_params_checkpoint(stream=True).
+STREAM_CHUNK_BYTES = 64 << 20
+
+
 def save_params_checkpoint(directory: str, params, config: GLMConfig, vocab_spec: str,
-                           step: int = 0) -> str:
-  """Writes a params-only checkpoint (e.g. converted reference weights); returns its path."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(directory, PARAMS_ITEM), params, force=True)
-  checkpointer.wait_until_finished()
+                           step: int = 0, stream: bool = False) -> str:
+  """Writes a params-only checkpoint (e.g. converted reference weights); returns its path.
+
+  `stream=True` (numpy params, one host): each array is written in 64 MiB chunks without the
+  copies orbax makes by default (a deep copy of host arrays, and OCDBT's buffered writes), so
+  saving needs little memory beyond the params themselves. Restoring reads either form.
+  """
+  directory = paths.makedirs(directory)
+  if stream:
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
+        use_ocdbt=False, save_concurrent_gb=1, type_handler_registry=registry))
+    save_args = jax.tree_util.tree_map(
+        lambda _: ocp.SaveArgs(chunk_byte_size=STREAM_CHUNK_BYTES), params)
+    checkpointer.save(directory / PARAMS_ITEM,
+                      args=ocp.args.PyTreeSave(params, save_args=save_args), force=True)
+  else:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory / PARAMS_ITEM, params, force=True)
+    checkpointer.wait_until_finished()
   if jax.process_index() == 0:
-    with open(os.path.join(directory, PARAMS_META_FILE), "w") as f:
-      json.dump(_make_meta(step, 0, config, vocab_spec), f, indent=2)
-  return directory
+    paths.write_json(directory / PARAMS_META_FILE, _make_meta(step, 0, config, vocab_spec))
+  _sync("glm_jax_save_params_checkpoint")
+  return str(directory)
 
 
-def _read_step_meta(step_dir: str) -> dict:
-  with open(os.path.join(step_dir, META_ITEM, "metadata")) as f:
-    return json.load(f)
+def _read_step_meta(step_dir) -> dict:
+  return paths.read_json(paths.resolve(step_dir) / META_ITEM / "metadata")
 
 
-def _restore_tree(path: str, abstract=None):
+def _restore_tree(path, abstract=None):
   checkpointer = ocp.StandardCheckpointer()
   if abstract is None:
     return checkpointer.restore(path)
   return checkpointer.restore(path, abstract)
 
 
-def _step_dirs(model_dir: str):
-  steps = []
-  for name in os.listdir(model_dir):
-    full = os.path.join(model_dir, name)
-    if name.isdigit() and os.path.isdir(os.path.join(full, STATE_ITEM)):
-      steps.append((int(name), full))
-  return sorted(steps)
+def _step_dirs(model_dir):
+  """[(step, path)] of the finalized step directories of a MODEL_DIR, oldest first."""
+  model_dir = paths.resolve(model_dir)
+  return sorted((int(child.name), child) for child in model_dir.iterdir() if is_step_dir(child))
+
+
+def _kind(path) -> str:
+  """'params' (params-only), 'step' (one step directory) or 'run' (a MODEL_DIR)."""
+  if (path / PARAMS_META_FILE).exists():
+    return "params"
+  if (path / STATE_ITEM).is_dir():
+    return "step"
+  return "run"
 
 
 def load_params(path: str, abstract_params=None) -> Tuple[Any, GLMConfig, str, int]:
@@ -164,54 +275,85 @@ def load_params(path: str, abstract_params=None) -> Tuple[Any, GLMConfig, str, i
   `abstract_params` (ShapeDtypeStructs with shardings) restores directly into those
   shardings; without it arrays land on the default device.
   """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"Checkpoint {path!r} does not exist; pass a MODEL_DIR, a step "
+  given, path = path, paths.resolve(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"Checkpoint {given!r} does not exist; pass a MODEL_DIR, a step "
                             "directory or a params-only checkpoint directory.")
-  if os.path.exists(os.path.join(path, PARAMS_META_FILE)):
-    with open(os.path.join(path, PARAMS_META_FILE)) as f:
-      meta = json.load(f)
-    params = _restore_tree(os.path.join(path, PARAMS_ITEM), abstract_params)
+  kind = _kind(path)
+  if kind == "params":
+    meta = paths.read_json(path / PARAMS_META_FILE)
+    params = _restore_tree(path / PARAMS_ITEM, abstract_params)
     return params, GLMConfig.from_dict(meta["glm_config"]), meta["vocab_spec"], meta["step"]
-  if os.path.isdir(os.path.join(path, STATE_ITEM)):
+  if kind == "step":
     candidates = [path]
   else:
     candidates = [d for _, d in reversed(_step_dirs(path))]
     if not candidates:
-      raise FileNotFoundError(f"No checkpoint found in {path!r}; pass a MODEL_DIR with saved "
+      raise FileNotFoundError(f"No checkpoint found in {given!r}; pass a MODEL_DIR with saved "
                               "steps, a step directory or a params-only checkpoint.")
   for i, step_dir in enumerate(candidates):
+    error = None
     try:
       meta = _read_step_meta(step_dir)
-      params = _restore_params_from_state(os.path.join(step_dir, STATE_ITEM), abstract_params)
-      return params, GLMConfig.from_dict(meta["glm_config"]), meta["vocab_spec"], meta["step"]
+      params = _restore_params_from_state(step_dir / STATE_ITEM, abstract_params)
     except Exception as e:  # pylint: disable=broad-except
-      if i + 1 == len(candidates):
-        raise ValueError(f"Checkpoint {step_dir!r} is unreadable ({type(e).__name__}); "
-                         "pass an intact checkpoint.") from e
-      logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", step_dir,
-                      type(e).__name__)
+      error = e
+    if not _any_process(error is not None):
+      return params, GLMConfig.from_dict(meta["glm_config"]), meta["vocab_spec"], meta["step"]
+    reason = unreadable_reason(error) if error is not None else None
+    if i + 1 == len(candidates) or not _any_process(reason is not None):
+      detail = _first_line(error) if error is not None else "failed on another process"
+      raise ValueError(f"Checkpoint {str(step_dir)!r} cannot be read ({detail}); pass an "
+                       "intact checkpoint made for this model.") from error
+    logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", step_dir,
+                    reason or "on another process")
   raise AssertionError("unreachable")
 
 
 def read_config(path: str) -> Tuple[GLMConfig, str, int]:
   """(config, vocab_spec, step) of the checkpoint load_params(path) would read, without params."""
-  path = os.path.abspath(path)
-  if os.path.exists(os.path.join(path, PARAMS_META_FILE)):
-    with open(os.path.join(path, PARAMS_META_FILE)) as f:
-      meta = json.load(f)
-  elif os.path.isdir(os.path.join(path, STATE_ITEM)):
+  given, path = path, paths.resolve(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"Checkpoint {given!r} does not exist; pass a MODEL_DIR, a step "
+                            "directory or a params-only checkpoint directory.")
+  kind = _kind(path)
+  if kind == "params":
+    meta = paths.read_json(path / PARAMS_META_FILE)
+  elif kind == "step":
     meta = _read_step_meta(path)
   else:
-    steps = _step_dirs(path) if os.path.isdir(path) else []
+    steps = _step_dirs(path)
     if not steps:
-      raise FileNotFoundError(f"No checkpoint found in {path!r}; pass a MODEL_DIR with saved "
+      raise FileNotFoundError(f"No checkpoint found in {given!r}; pass a MODEL_DIR with saved "
                               "steps, a step directory or a params-only checkpoint.")
     meta = _read_step_meta(steps[-1][1])
   return GLMConfig.from_dict(meta["glm_config"]), meta["vocab_spec"], int(meta["step"])
 
 
-def _restore_params_from_state(state_path: str, abstract_params=None):
+def abstract_params(config: GLMConfig, partitioner):
+  """ShapeDtypeStructs of the network's parameters in the partitioner's shardings."""
+  from glm_jax.models import BlankInfillingModel  # pylint: disable=g-import-not-at-top
+  boxed = BlankInfillingModel(config).abstract_params()
+  shardings = partitioner.param_shardings(boxed)
+  return jax.tree_util.tree_map(
+      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      nn.meta.unbox(boxed), shardings)
+
+
+def load_sharded_params(path: str, partitioner) -> Tuple[Any, GLMConfig, str, int]:
+  """load_params restored straight into the partitioner's parameter shardings on its mesh."""
+  config, _, _ = read_config(path)
+  return load_params(path, abstract_params(config, partitioner))
+
+
+def read_vocabulary(path: str):
+  """The vocabulary of the checkpoint read_config(path) reads (its spec names the configuration,
+  so `.special.task_mask` says whether the model was trained with task masks)."""
+  from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  return vocab_lib.get_vocabulary(read_config(path)[1])
+
+
+def _restore_params_from_state(state_path, abstract_params=None):
   """Only the params subtree of a saved TrainState (optimizer state is not read)."""
   checkpointer = ocp.PyTreeCheckpointer()
   # The state item sits inside a step directory, so orbax warns that it has no step metadata.
@@ -223,7 +365,7 @@ def _restore_params_from_state(state_path: str, abstract_params=None):
     logging.set_verbosity(verbosity)
 
 
-def _restore_params_subtree(checkpointer, state_path: str, abstract_params):
+def _restore_params_subtree(checkpointer, state_path, abstract_params):
   metadata = checkpointer.metadata(state_path)
   tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
   params_meta = tree[PARAMS_ITEM]
@@ -254,21 +396,17 @@ def params_digest(params) -> str:
 
 def describe(model_dir: str) -> list:
   """[{step, num_params, sha256, path}] of every checkpoint in a MODEL_DIR (or one checkpoint)."""
-  model_dir = os.path.abspath(model_dir)
-  if not os.path.isdir(model_dir):
+  path = paths.resolve(model_dir)
+  if not path.is_dir():
     raise FileNotFoundError(f"MODEL_DIR {model_dir!r} does not exist; pass the directory of a "
                             "training run.")
-  if (os.path.exists(os.path.join(model_dir, PARAMS_META_FILE))
-      or os.path.isdir(os.path.join(model_dir, STATE_ITEM))):
-    targets = [model_dir]
-  else:
-    targets = [d for _, d in _step_dirs(model_dir)]
+  targets = [path] if _kind(path) != "run" else [d for _, d in _step_dirs(path)]
   rows = []
   for target in targets:
-    params, _, _, step = load_params(target)
+    params, _, _, step = load_params(str(target))
     rows.append({"step": int(step), "num_params": int(sum(x.size for x in
                                                            jax.tree_util.tree_leaves(params))),
-                 "sha256": params_digest(params), "path": target})
+                 "sha256": params_digest(params), "path": str(target)})
   return rows
 
 

@@ -2,8 +2,11 @@ r"""Evaluate a checkpoint with a gin-configured evaluator.
 
   python -m glm_jax.eval --gin_file=configs/runs/eval.gin --gin.CHECKPOINT=runs/quickstart
 
-CHECKPOINT is a MODEL_DIR (its latest step), a step directory or a params-only checkpoint.
-The evaluator is any callable `evaluator(params, config, vocab_spec, output_dir) -> dict`;
+CHECKPOINT is a MODEL_DIR (its latest step), a step directory or a params-only checkpoint,
+local or on gs://. Its parameters are restored straight into their shardings on the mesh
+(MESH_DATA / MESH_FSDP / MESH_TENSOR), and every evaluator runs under that mesh
+(`partitioning.active()`); multi-host: --coordinator_address/--num_processes/--process_id
+or --multihost_auto, as glm_jax.train. The evaluator is any callable `evaluator(params, config, vocab_spec, output_dir) -> dict`;
 the default, `infilling_evaluator`, reports loss and blank-infilling token accuracy on a
 task's validation split with the trainer's eval step. SuperGLUE and LM evaluation plug their
 own evaluators in through gin.
@@ -11,8 +14,6 @@ own evaluators in through gin.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from typing import Callable, Dict, Optional, Sequence
 
@@ -28,7 +29,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import gin  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 
-from glm_jax import checkpoints, gin_utils, partitioning  # pylint: disable=g-import-not-at-top
+from glm_jax import checkpoints, distributed, gin_utils, partitioning, paths  # pylint: disable=g-import-not-at-top
 from glm_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 from glm_jax.models import BlankInfillingModel  # pylint: disable=g-import-not-at-top
 
@@ -37,10 +38,10 @@ FLAGS = flags.FLAGS
 
 def default_output_dir(checkpoint: str) -> str:
   """`<MODEL_DIR>/eval` for a run or step directory, `<checkpoint>/eval` for params-only."""
-  checkpoint = os.path.abspath(checkpoint)
-  if os.path.isdir(os.path.join(checkpoint, checkpoints.STATE_ITEM)):
-    checkpoint = os.path.dirname(checkpoint)
-  return os.path.join(checkpoint, "eval")
+  path = paths.resolve(checkpoint)
+  if (path / checkpoints.STATE_ITEM).is_dir():
+    path = path.parent
+  return str(path / "eval")
 
 
 @gin.configurable
@@ -53,14 +54,15 @@ def infilling_evaluator(params, config, vocab_spec: str, output_dir: str, *,
                         ) -> Dict[str, float]:
   """Loss and token accuracy of blank infilling on a task split (the trainer's eval step).
 
-  The split is tokenized with the checkpoint's vocabulary (`vocab_spec`).
+  Runs on the active partitioner's mesh (glm_jax.eval's), else on one from `mesh_config`; the
+  split is tokenized with the checkpoint's vocabulary (`vocab_spec`).
   """
   del output_dir
   if input_fn is None:
     from glm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
     input_fn = train_lib.task_batches
   model = BlankInfillingModel(config)
-  partitioner = partitioning.Partitioner(mesh_config)
+  partitioner = partitioning.active() or partitioning.Partitioner(mesh_config)
   partitioner.check_batch_size(batch_size)
   shard_index, num_shards = partitioner.local_batch_slice(batch_size)
   eval_step = trainer_lib.make_eval_step(model, partitioner)
@@ -84,39 +86,38 @@ def evaluate_checkpoint(*, checkpoint: str = gin.REQUIRED,
   replaces the single `evaluator`; their results are merged into one table.
   """
   gin_utils.check_required(checkpoint=checkpoint)
-  params, config, vocab_spec, step = _load(checkpoint, mesh_config)
-  output_dir = output_dir or default_output_dir(checkpoint)
-  os.makedirs(output_dir, exist_ok=True)
+  partitioner = partitioning.Partitioner(mesh_config)
+  params, config, vocab_spec, step = checkpoints.load_sharded_params(checkpoint, partitioner)
+  if jax.process_index() == 0:
+    print(f"Restored step {step} of {checkpoint} into the mesh "
+          f"{partitioning.mesh_text(partitioner.mesh)} ({partitioning.placement(params)}).",
+          flush=True)
+  output_dir = str(paths.resolve(output_dir or default_output_dir(checkpoint)))
+  if jax.process_index() == 0:
+    paths.makedirs(output_dir)
   results = {}
-  for fn in (evaluators if evaluators else [evaluator]):
-    for name, value in fn(params, config, vocab_spec, output_dir).items():
-      if name in results:
-        raise ValueError(f"Two evaluators report {name!r}; give them distinct metric names.")
-      results[name] = value
+  with partitioner.activate():
+    for fn in (evaluators if evaluators else [evaluator]):
+      for name, value in fn(params, config, vocab_spec, output_dir).items():
+        if name in results:
+          raise ValueError(f"Two evaluators report {name!r}; give them distinct metric names.")
+        results[name] = value
   results = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in results.items()}
   if jax.process_index() == 0:
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-      json.dump({"checkpoint": os.path.abspath(checkpoint), "step": step, **results}, f,
-                indent=2)
+    metrics_path = paths.resolve(output_dir) / "metrics.json"
+    paths.write_json(metrics_path, {"checkpoint": str(paths.resolve(checkpoint)), "step": step,
+                                    **results})
     print(f"Checkpoint {checkpoint} (step {step}):")
     for name, value in sorted(results.items()):
       print(f"  {name:<32} {value:.4f}" if isinstance(value, float) else f"  {name:<32} {value}")
-    print(f"Wrote {os.path.join(output_dir, 'metrics.json')}")
+    print(f"Wrote {metrics_path}")
   return results
-
-
-def _load(checkpoint: str, mesh_config: partitioning.MeshConfig):
-  """Parameters restored straight into the mesh's shardings."""
-  params, config, vocab_spec, step = checkpoints.load_params(checkpoint)
-  partitioner = partitioning.Partitioner(mesh_config)
-  shardings = partitioner.param_shardings(BlankInfillingModel(config).abstract_params())
-  params = jax.tree_util.tree_map(jax.device_put, params, shardings)
-  return params, config, vocab_spec, step
 
 
 def main(argv):
   gin_utils.begin_cli(argv, "--gin_file, --gin.NAME=VALUE")
   try:
+    distributed.initialize()
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     evaluate_checkpoint()  # pylint: disable=no-value-for-parameter
   except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
@@ -125,4 +126,5 @@ def main(argv):
 
 def cli():
   gin_utils.define_flags()
+  distributed.define_flags()
   gin_utils.run(main)

@@ -93,11 +93,16 @@ def fill_text(prompt: Prompt, fills: Sequence[str]) -> str:
   return "".join(out).strip()
 
 
-def load(checkpoint: str):
-  """(params, config, vocabulary) of a checkpoint directory written by the trainer."""
-  from glm_jax import checkpoints  # pylint: disable=g-import-not-at-top
+def load(checkpoint: str, partitioner=None):
+  """(params, config, vocabulary) of a checkpoint (local or gs://) written by the trainer.
+
+  The parameters are restored straight into their shardings on the partitioner's mesh
+  (default: the active one, else all devices on the data axis).
+  """
+  from glm_jax import checkpoints, partitioning  # pylint: disable=g-import-not-at-top
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  params, config, vocab_spec, _ = checkpoints.load_params(checkpoint)
+  partitioner = partitioner or partitioning.active() or partitioning.Partitioner()
+  params, config, vocab_spec, _ = checkpoints.load_sharded_params(checkpoint, partitioner)
   return params, config, vocab_lib.get_vocabulary(vocab_spec)
 
 
@@ -107,18 +112,23 @@ def generate(texts: Union[str, Sequence[str]], *, checkpoint: Optional[str] = No
              top_k: int = 0, top_p: float = 0.0, num_beams: int = 4,
              length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, seed: int = 0,
              batch_size: int = 8, decode_config: Optional[decoding.DecodeConfig] = None,
-             return_fills: bool = False):
+             return_fills: bool = False, partitioner=None):
   """Fills the masks of one text (returns a str) or of several (returns a list).
 
   Pass `checkpoint=DIR`, or `params`, `config` and `vocabulary` already loaded. With
-  `return_fills=True` each result is (filled_text, [fill of each blank]).
+  `return_fills=True` each result is (filled_text, [fill of each blank]). Decoding runs
+  under the partitioner's mesh (default: the active one; with `checkpoint`, all devices on
+  the data axis): every process of a multi-host run gets every result.
   """
+  from glm_jax import partitioning  # pylint: disable=g-import-not-at-top
   single = isinstance(texts, str)
   texts = [texts] if single else list(texts)
   if not texts:
     raise ValueError("No texts to fill; pass a string or a non-empty list of strings.")
+  partitioner = partitioner or partitioning.active()
   if checkpoint is not None:
-    params, config, vocabulary = load(checkpoint)
+    partitioner = partitioner or partitioning.Partitioner()
+    params, config, vocabulary = load(checkpoint, partitioner)
   if params is None or config is None or vocabulary is None:
     raise ValueError("Pass checkpoint=DIR, or params, config and vocabulary together.")
   if decode_config is None:
@@ -135,7 +145,7 @@ def generate(texts: Union[str, Sequence[str]], *, checkpoint: Optional[str] = No
         chunk, config.max_sequence_length)
     out = decoding.fill_blanks(params, config, vocabulary.special, context, lengths,
                                mask_positions, num_blanks, decode_config=decode_config,
-                               seed=seed + start)
+                               seed=seed + start, partitioner=partitioner)
     tokens, out_lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     for i, prompt in enumerate(chunk):
       blanks = decoding.split_blanks(tokens[i], out_lengths[i], vocabulary.special,

@@ -2,7 +2,8 @@
 
 Later gin files override earlier ones, bindings override files. `--gin.NAME=VALUE` is
 shorthand for `--gin_bindings=NAME=VALUE`; a VALUE that is not a gin literal (a bare path)
-is taken as a string.
+is taken as a string. Gin files, their includes and search paths may be local or gs://
+(read through glm_jax.paths).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Callable, List, Optional, Sequence
 
 from absl import app, flags, logging  # pylint: disable=g-multiple-import
 import gin
+
+from glm_jax import paths as paths_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,10 +59,22 @@ def rewrite_gin_args(argv: Sequence[str]) -> List[str]:
 
 def search_paths(extra: Sequence[str] = ()) -> List[str]:
   paths = []
-  for p in [os.getcwd(), REPO_ROOT] + [os.path.abspath(p) for p in extra]:
+  for p in [os.getcwd(), REPO_ROOT] + [str(paths_lib.resolve(p)) for p in extra]:
     if p not in paths:
       paths.append(p)
   return paths
+
+
+def _open_url(path: str):
+  return paths_lib.resolve(path).open()
+
+
+def _url_exists(path: str) -> bool:
+  return paths_lib.is_url(path) and paths_lib.resolve(path).is_file()
+
+
+def _exists(path: str) -> bool:
+  return _url_exists(path) if paths_lib.is_url(path) else os.path.exists(path)
 
 
 def check_required(**values) -> None:
@@ -72,12 +87,14 @@ def check_required(**values) -> None:
 
 
 def resolve_gin_file(name: str, paths: Sequence[str]) -> str:
-  if os.path.isabs(name) and os.path.exists(name):
-    return name
-  for root in paths:
-    candidate = os.path.join(root, name)
-    if os.path.exists(candidate):
-      return candidate
+  if paths_lib.is_url(name) or os.path.isabs(name):
+    if _exists(name):
+      return name
+  else:
+    for root in paths:
+      candidate = os.path.join(root, name)
+      if _exists(candidate):
+        return candidate
   hint = ""
   directory = os.path.dirname(name) or "configs/runs"
   for root in paths:
@@ -116,6 +133,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   if not gin_files:
     raise ValueError("No --gin_file given; pass e.g. --gin_file=configs/runs/quickstart.gin.")
   paths = search_paths(extra_search_paths)
+  gin.config.register_file_reader(_open_url, _url_exists)  # gs:// files and includes
   for p in paths:
     gin.add_config_file_search_path(p)
   files = [resolve_gin_file(f, paths) for f in gin_files]

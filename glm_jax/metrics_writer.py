@@ -1,16 +1,21 @@
-"""Training metrics: MODEL_DIR/metrics.jsonl, TensorBoard event files and a progress bar."""
+"""Training metrics: MODEL_DIR/metrics.jsonl, TensorBoard event files and a progress bar.
+
+MODEL_DIR may be local or gs://: the JSONL goes through epath (glm_jax.paths), the event
+files through TensorBoard's writer, which uses TensorFlow's gfile.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Dict, Optional
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 import tqdm
+
+from glm_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -20,21 +25,19 @@ def _clean(value):
   return value if math.isfinite(value) else str(value)
 
 
-def truncate_after(path: str, step: int) -> None:
+def truncate_after(path, step: int) -> None:
   """Drops lines logged after `step` (a resumed run logs those steps again)."""
-  if not os.path.exists(path):
+  path = paths.resolve(path)
+  if not path.exists():
     return
-  with open(path) as f:
-    lines = f.readlines()
   kept = []
-  for line in lines:
+  for line in path.read_text().splitlines(keepends=True):
     try:
       if json.loads(line).get("step", 0) <= step:
-        kept.append(line)
+        kept.append(line if line.endswith("\n") else line + "\n")
     except json.JSONDecodeError:
       continue  # a line cut short by a kill
-  with open(path, "w") as f:
-    f.writelines(kept)
+  path.write_text("".join(kept))
 
 
 class MetricsWriter:
@@ -42,17 +45,17 @@ class MetricsWriter:
 
   def __init__(self, model_dir: str, *, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
-    self.path = os.path.join(model_dir, METRICS_FILE)
+    self.path = paths.resolve(model_dir) / METRICS_FILE
     self._tb = None
     if enabled:
       truncate_after(self.path, resume_step)
-      self._tb = EventFileWriter(os.path.join(model_dir, "tensorboard"))
+      self._tb = EventFileWriter(str(paths.resolve(model_dir) / "tensorboard"))
 
   def write(self, step: int, scalars: Dict[str, float]) -> None:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _clean(v) for k, v in sorted(scalars.items())}}
-    with open(self.path, "a") as f:
+    with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
     values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
               for k, v in scalars.items()]

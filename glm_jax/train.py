@@ -5,13 +5,15 @@ r"""Training entry point: gin config in, checkpoints, metrics and evaluations ou
       --gin.MODEL_DIR=/ckpt/base --gin.BATCH_SIZE=256
 
 Restore order: latest checkpoint in MODEL_DIR (with the data position), else INIT_CHECKPOINT
-(parameters only), else fresh initialisation. SIGTERM saves a checkpoint and exits cleanly.
-Multi-host: --coordinator_address/--num_processes/--process_id, or automatic on Cloud TPU.
+(parameters only), else fresh initialisation. Every path (MODEL_DIR, INIT_CHECKPOINT, ...)
+may be local or gs://. SIGTERM (a preemption notice) saves a checkpoint and exits cleanly;
+in multi-process runs at the step JAX's preemption sync point agrees on. Multi-host:
+--coordinator_address/--num_processes/--process_id, or --multihost_auto (JAX's detection of
+Cloud TPU pods and SLURM).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -32,7 +34,8 @@ import gin
 import jax
 import numpy as np
 
-from glm_jax import checkpoints, flops, gin_utils, metrics_writer, optim, partitioning
+from glm_jax import checkpoints, distributed, flops, gin_utils, metrics_writer, optim
+from glm_jax import partitioning, paths
 from glm_jax import trainer as trainer_lib
 from glm_jax.models import BaseModel
 
@@ -153,39 +156,45 @@ def _fetch(tree):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks every step (synchronised across processes)."""
+  """Whether to save and stop after a step because of SIGTERM (a preemption notice).
 
-  def __init__(self):
-    self.requested = False
-    try:
-      signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (tests calling train() from a thread)
-      pass
+  Multi-process runs use JAX's preemption sync point (orbax's reached_preemption): the
+  notifier jax.distributed installs catches SIGTERM and the processes agree on the step in
+  the background, so no step waits on a collective. One process watches SIGTERM itself.
+  """
+
+  def __init__(self, manager: checkpoints.CheckpointManager):
+    self._manager = manager
+    self._signalled = False
+    self._distributed = jax.process_count() > 1
+    if not self._distributed:
+      try:
+        signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread (tests calling train() from a thread)
+        pass
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._signalled = True
 
-  def check(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags_all = multihost_utils.process_allgather(np.asarray(self.requested))
-    return bool(np.any(flags_all))
+  def reached(self, step: int) -> bool:
+    if self._distributed:
+      return self._manager.reached_preemption(step)
+    return self._signalled
 
 
 @gin.configurable
 def print_sample_fill(params, config, vocab_spec: str,
                       text: str = "The old man looked at the [MASK] and smiled.",
                       max_new_tokens: int = 16) -> Optional[str]:
-  """Greedy fill of one blank by the trained model (glm_jax.generate), printed to stdout."""
+  """Greedy fill of one blank by the trained model (glm_jax.generate), printed by process 0."""
   from glm_jax import generate as generate_lib  # pylint: disable=g-import-not-at-top
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   vocabulary = vocab_lib.get_vocabulary(vocab_spec)
-  params = jax.device_get(params)
   filled = generate_lib.generate(text, params=params, config=config, vocabulary=vocabulary,
                                  strategy="greedy", max_new_tokens=max_new_tokens)
-  print(f"Sample blank: {text}\nModel's fill: {filled}", flush=True)
+  if jax.process_index() == 0:
+    print(f"Sample blank: {text}\nModel's fill: {filled}", flush=True)
   return filled
 
 
@@ -209,12 +218,14 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
   """Trains `model` to `train_steps`; returns the final TrainState.
 
   With `keep_best_metric` (an eval metric such as 'eval/accuracy') the parameters of the best
-  evaluation so far are kept as a params-only checkpoint in MODEL_DIR/best.
+  evaluation so far are kept as a params-only checkpoint in MODEL_DIR/best. `final_hook(params,
+  config, vocab_spec)` runs on every process after the last step, on the run's mesh
+  (`partitioning.active()`); it writes files from process 0 only.
   """
   gin_utils.check_required(model_dir=model_dir, model=model, train_input=train_input,
                            mixture_or_task_name=mixture_or_task_name, train_steps=train_steps,
                            batch_size=batch_size, sequence_length=sequence_length)
-  if init_checkpoint and not os.path.isdir(init_checkpoint):
+  if init_checkpoint and not paths.resolve(init_checkpoint).is_dir():
     raise FileNotFoundError(f"INIT_CHECKPOINT {init_checkpoint!r} does not exist; pass a "
                             "params-only checkpoint, a step directory or a MODEL_DIR.")
   if train_steps < 1 or batch_size < 1 or sequence_length < 1:
@@ -256,9 +267,9 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
   """The loop of train(): restore, then step, log, evaluate and save until train_steps."""
   del unused
   is_chief = jax.process_index() == 0
+  run_dir = paths.resolve(model_dir)
   if is_chief:
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(gin.config_str())
+    paths.write_text(run_dir / "config.gin", gin.config_str())
 
   restored = manager.restore_latest()
   if restored is not None:
@@ -282,8 +293,9 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
   if start_step >= train_steps:
     _say(f"Step {start_step} already reaches TRAIN_STEPS {train_steps} in {model_dir}; "
          "nothing to train.")
-    if final_hook is not None and is_chief:
-      final_hook(state.params, model.config, vocab_spec)
+    if final_hook is not None:
+      with partitioner.activate():
+        final_hook(state.params, model.config, vocab_spec)
     manager.close()
     writer.close()
     return state
@@ -310,7 +322,7 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
   if device.platform != "cpu":  # CPU devices of one host share its cores: one peak
     peak *= jax.device_count()
 
-  preemption = _Preemption()
+  preemption = _Preemption(manager)
   bar = metrics_writer.ProgressBar(train_steps, start_step, enabled=is_chief and progress_bar)
   pending, window_start, last_good, state_step = [], None, start_step, start_step
   try:
@@ -324,14 +336,18 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
       next_batch += 1
       pending.append(metrics)
       is_last = state_step == train_steps
-      stop = preemption.check()
+      stop = preemption.reached(state_step)
       do_save = manager.should_save(state_step) or is_last or stop
       scalars = {}
       # The first step includes compilation: it is logged without throughput.
       if window_start is None or state_step % log_period == 0 or is_last or do_save:
         fetched = _fetch(pending)
         _check_nonfinite(fetched, nan_action, state_step, last_good, bar)
-        scalars = {k: float(v) for k, v in fetched[-1].items() if k != "nonfinite"}
+        scalars = {k: float(v) for k, v in fetched[-1].items()
+                   if k not in ("nonfinite", "optimizer_updates")}
+        # The rate the optimizer applied in this step (its schedule at its own update count,
+        # which a skipped non-finite step does not advance), in float64.
+        scalars["learning_rate"] = trainer.learning_rate(fetched[-1]["optimizer_updates"])
         scalars["loss"] = float(np.mean([m["loss"] for m in fetched]))
         now = time.perf_counter()
         if window_start is not None:
@@ -355,8 +371,7 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
                      force=True)
         last_good = state_step
       if state_step == start_step + 1 and is_chief:
-        with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
-          f.write(gin.operative_config_str())
+        paths.write_text(run_dir / "operative_config.gin", gin.operative_config_str())
       if stop:
         bar.write(f"SIGTERM: saved step {state_step}; exiting.")
         break
@@ -364,8 +379,9 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
     bar.close()
     manager.close()
     writer.close()
-  if final_hook is not None and is_chief and state_step == train_steps:
-    final_hook(state.params, model.config, vocab_spec)
+  if final_hook is not None and state_step == train_steps:
+    with partitioner.activate():  # every process, on the run's mesh (files: process 0)
+      final_hook(state.params, model.config, vocab_spec)
   return state
 
 
@@ -378,18 +394,16 @@ def _keep_if_best(model_dir, metric, mode, results, state, config, vocab_spec) -
     raise ValueError(f"KEEP_BEST_METRIC {metric!r} is not an eval metric; choose one of "
                      f"{sorted(results)}.")
   value = float(results[metric])
-  record_path = os.path.join(model_dir, BEST_DIR, "best.json")
-  if os.path.exists(record_path):
-    with open(record_path) as f:
-      best = json.load(f)["value"]
+  best_dir = paths.resolve(model_dir) / BEST_DIR
+  record_path = best_dir / "best.json"
+  if record_path.exists():
+    best = paths.read_json(record_path)["value"]
     if (value <= best) if mode == "max" else (value >= best):
       return False
   step = int(jax.device_get(state.step))
-  checkpoints.save_params_checkpoint(os.path.join(model_dir, BEST_DIR), state.params, config,
-                                     vocab_spec, step=step)
+  checkpoints.save_params_checkpoint(str(best_dir), state.params, config, vocab_spec, step=step)
   if jax.process_index() == 0:
-    with open(record_path, "w") as f:
-      json.dump({"metric": metric, "value": value, "mode": mode, "step": step}, f)
+    paths.write_json(record_path, {"metric": metric, "value": value, "mode": mode, "step": step})
   return True
 
 
@@ -415,21 +429,10 @@ def _check_compatible(found, expected, path: str) -> None:
                      " use the model gin file the checkpoint was made with.")
 
 
-def initialize_distributed() -> None:
-  """jax.distributed from flags, or automatically on Cloud TPU pods."""
-  if FLAGS.coordinator_address:
-    if FLAGS.num_processes is None or FLAGS.process_id is None:
-      raise ValueError("--coordinator_address needs --num_processes and --process_id too.")
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                               FLAGS.process_id)
-  elif FLAGS.multihost_auto or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
-    jax.distributed.initialize()
-
-
 def main(argv):
   gin_utils.begin_cli(argv, "--gin_file, --gin.NAME=VALUE")
   try:
-    initialize_distributed()
+    distributed.initialize()
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     train()  # pylint: disable=no-value-for-parameter
   except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError, TypeError) as e:
@@ -438,11 +441,7 @@ def main(argv):
 
 def define_flags():
   gin_utils.define_flags()
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
-  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-  flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
-  flags.DEFINE_bool("multihost_auto", False,
-                    "Call jax.distributed.initialize() with auto-detection (TPU pods, SLURM).")
+  distributed.define_flags()
 
 
 def cli():

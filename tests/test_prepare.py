@@ -127,8 +127,8 @@ def test_wordpiece_corpus_tokenizes_with_the_real_vocabulary(tmp_path, bert_voca
   spec = "wordpiece:" + bert_vocab_file
   out = prepare_in_process(tmp_path / "bert", vocabulary=spec)
   corpus_ = prepared.PreparedCorpus(out)
-  assert corpus_.vocabulary_spec == spec and corpus_.vocab_size == 30592
   vocabulary = vocab_lib.get_vocabulary(spec)
+  assert corpus_.vocabulary_spec == vocabulary.spec and corpus_.vocab_size == 30592
   docs = _documents(out, "train") + _documents(out, "validation")
   assert sorted(docs) == sorted(vocabulary.encode(line) for line in LINES)
   assert vocabulary.decode(docs[0]).startswith("found among the papers of the late")
@@ -214,26 +214,24 @@ def test_kill_9_then_same_command_completes_identically(tmp_path):
   assert _files(tmp_path / "out") == reference
 
 
-def test_prepared_corpus_on_gcs(tmp_path):
-  """Prepare to gs:// and train-read from gs:// (a local GCS emulator on 127.0.0.1)."""
-  emulator_lib = pytest.importorskip("glm_jax.testing.gcs_emulator")
+def test_prepared_corpus_on_gcs(tmp_path, gcs_emulator):
+  """Prepare to gs:// and train-read from gs:// (the session's GCS emulator on 127.0.0.1)."""
   path = _jsonl(tmp_path / "docs.jsonl", LINES)
   local = prepare_in_process(tmp_path / "local", [path], unit_bytes=40_000)
+  url = gcs_emulator.url("prepared", "tiny")
   code = f"""
-import json, numpy as np
+import json
 from glm_jax.data import pipeline, prepare
-url = "gs://{emulator_lib.DEFAULT_BUCKET}/prepared/tiny"
-prepare.prepare([{path!r}], "builtin", url, unit_bytes=40_000, in_process=True)
-prepare.prepare([{path!r}], "builtin", url, unit_bytes=40_000, in_process=True)  # all skipped
-for where in (url, {local!r}):
+for _ in range(2):  # the second run finds every unit complete
+  prepare.prepare([{path!r}], "builtin", {url!r}, unit_bytes=40_000, in_process=True)
+for where in ({url!r}, {local!r}):
   b = next(pipeline.get_batches("prepared:" + where, "train", sequence_length=64,
                                 batch_size=4, seed=7, start_batch=123))
   print(json.dumps({{k: v.tolist() for k, v in b.items()}}))
 """
-  with emulator_lib.GcsEmulator(str(tmp_path / "gcs")) as emulator:
-    env = dict(multi_device_env(1), **emulator.env)
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT,
+                          env=gcs_emulator.subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   from_gcs, from_disk = result.stdout.strip().splitlines()[-2:]
   assert json.loads(from_gcs) == json.loads(from_disk)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import random
 import signal
@@ -166,6 +167,14 @@ def test_nan_stop_keeps_the_last_good_checkpoint_and_skip_carries_on(tmp_path):
   rows = checkpoints.describe(str(skip_dir))
   assert rows[-1]["step"] == 4 and rows[-1]["sha256"] == rows[0]["sha256"]
   assert "Skipped" in result.stdout + result.stderr
+  # Only step 1 was applied: the optimizer's count stays 1, so steps 2-4 log the rate it
+  # would apply next (cosine over 4 updates at count 1), not the schedule at steps 2, 3.
+  logged = _metrics(skip_dir)
+  assert [r["skipped_updates"] for r in logged] == [0, 1, 2, 3]
+  at_one = 1e30 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 4)))
+  assert logged[0]["learning_rate"] == 1e30
+  for r in logged[1:]:
+    assert r["learning_rate"] == pytest.approx(at_one, rel=1e-12)
 
 
 @pytest.mark.parametrize("name,layers,lr,steps", [
@@ -175,7 +184,7 @@ def test_nan_stop_keeps_the_last_good_checkpoint_and_skip_carries_on(tmp_path):
     ("glm_10b", 48, 1e-4, 250000)])
 def test_experiment_files_parse_with_the_reference_recipes(name, layers, lr, steps):
   import gin  # pylint: disable=g-import-not-at-top
-  from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from glm_jax import gin_utils, optim  # pylint: disable=g-import-not-at-top
   from glm_jax.model import GLMConfig  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:
@@ -184,6 +193,17 @@ def test_experiment_files_parse_with_the_reference_recipes(name, layers, lr, ste
     assert gin.query_parameter("%LEARNING_RATE") == lr
     assert gin.query_parameter("%TRAIN_STEPS") == steps
     assert gin.query_parameter("%CLIP_NORM") == 1.0
+    # The reference's training semantics (configs/runs/reference_training.gin).
+    assert gin.query_parameter("%SCHEDULE_CONVENTION") == "reference"
+    assert gin.query_parameter("%LOSS_NORMALIZATION") == "microbatch_mean"
+    assert gin.query_parameter("%CLIP_EPS") == 1e-6
+    assert gin.query_parameter("%MICROBATCH_CLIP") == "accumulated"
+    _, lr_fn = optim.create_optimizer(total_steps=steps)  # warmup: --warmup x DECAY_STEPS
+    warmup = {"glm_base": 6000, "glm_large": 8000, "glm_doc": 8000, "glm_sent": 8000,
+              "glm_roberta": 30000, "glm_2b": 7000, "glm_10b": 7000}[name]
+    assert optim.schedule_value(lr_fn, 0) == 0.0
+    assert optim.schedule_value(lr_fn, warmup) == pytest.approx(lr, rel=1e-12)
+    assert optim.schedule_value(lr_fn, warmup - 1) < lr
   finally:
     gin.clear_config()
 

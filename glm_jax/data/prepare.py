@@ -308,7 +308,9 @@ def prepare(inputs: Sequence[str], vocabulary: str, output_dir: str, *,
   `text:` tasks on first use); otherwise Beam runs them with `beam_args`.
   """
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  vocab_lib.get_vocabulary(vocabulary)  # a bad spec fails here, not in every worker
+  # A bad spec fails here, not in every worker; the canonical spec (configuration named) is
+  # what the records and the manifest keep.
+  vocabulary = vocab_lib.get_vocabulary(vocabulary).spec
   units = plan_units(inputs, validation_inputs, text_key=text_key, tfds_data_dir=tfds_data_dir,
                      unit_bytes=unit_bytes)
   out = epath.Path(output_dir)

@@ -1,8 +1,10 @@
 """Evaluators for `python -m glm_jax.eval`: evaluator(params, config, vocab_spec, output_dir).
 
-Each returns a dict of metrics and writes it as JSON to output_dir. LAMBADA and WikiText
-score teacher-forced rows in one forward pass per batch; XSum fills the [sMASK] with beam
-search and reports ROUGE-1/2/L F1 (x100) from the rouge-score package.
+Each returns a dict of metrics and writes it as JSON to output_dir (local or gs://, by
+process 0). LAMBADA and WikiText score teacher-forced rows in one forward pass per batch;
+XSum fills the [sMASK] with beam search and reports ROUGE-1/2/L F1 (x100) from the
+rouge-score package. Under glm_jax.eval they run on its mesh (`partitioning.active()`):
+parameters stay sharded, batch rows are split over the batch axes.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import time
 from typing import Dict, Sequence
 
@@ -20,14 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glm_jax import decoding, losses
+from glm_jax import decoding, losses, partitioning, paths
 from glm_jax.lm_eval import blank_rows, lambada as lambada_lib, wikitext as wikitext_lib
 from glm_jax.lm_eval import xsum as xsum_lib
 from glm_jax.model import GLM
 
 
 @functools.lru_cache(maxsize=16)
-def _scorer(config):
+def _scorer(config, out_sharding=None):
   """jit: batch -> per row (sum of weighted NLL, sum of weights, all targets argmax)."""
 
   def score(params, batch):
@@ -39,15 +40,26 @@ def _scorer(config):
     hit = losses.target_is_argmax(logits, batch["targets"]) | (w == 0)
     return -jnp.sum(target_logp * w, -1), jnp.sum(w, -1), jnp.all(hit, -1)
 
-  return jax.jit(score)
+  return jax.jit(score, out_shardings=out_sharding)
 
 
-def score_rows(params, config, rows: Sequence[dict], batch_size: int) -> Dict[str, np.ndarray]:
-  """Per-row nll, weight and all-correct over rows of one length."""
-  fn = _scorer(config)
+def score_rows(params, config, rows: Sequence[dict], batch_size: int,
+               partitioner=None) -> Dict[str, np.ndarray]:
+  """Per-row nll, weight and all-correct over rows of one length.
+
+  With a partitioner (default: the active one) each batch is split over its batch axes and
+  the scores come back replicated to every process.
+  """
+  partitioner = partitioner or partitioning.active()
+  fn = _scorer(config, partitioner.replicated() if partitioner else None)
   nll, weight, correct = [], [], []
   for batch, n in blank_rows.batches(rows, batch_size):
-    out = jax.device_get(fn(params, batch))
+    if partitioner is None:
+      out = jax.device_get(fn(params, batch))
+    else:
+      with partitioner.under_mesh():
+        out = fn(params, partitioner.put_global(batch, "LM evaluation batch"))
+      out = [np.asarray(x) for x in out]
     nll.append(out[0][:n])
     weight.append(out[1][:n])
     correct.append(out[2][:n])
@@ -61,10 +73,8 @@ def _vocabulary(vocab_spec):
 
 
 def _write(output_dir, name: str, metrics: dict) -> None:
-  if output_dir:
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, f"{name}.json"), "w") as f:
-      json.dump(metrics, f, indent=2)
+  if output_dir and jax.process_index() == 0:
+    paths.write_json(paths.resolve(output_dir) / f"{name}.json", metrics)
   logging.info("%s: %s", name, metrics)
 
 
@@ -168,8 +178,8 @@ def xsum(params, config, vocab_spec, output_dir, *, path: str = gin.REQUIRED,
   metrics = {f"xsum/{k}": v for k, v in scores.items()}
   metrics.update({"xsum/num_examples": len(pairs), "xsum/seconds": time.time() - start})
   _write(output_dir, "xsum", metrics)
-  if output_dir:
-    with open(os.path.join(output_dir, "xsum_predictions.jsonl"), "w") as f:
-      for p, (_, ref) in zip(predictions, pairs):
-        f.write(json.dumps({"prediction": p, "reference": ref}) + "\n")
+  if output_dir and jax.process_index() == 0:
+    paths.write_text(paths.resolve(output_dir) / "xsum_predictions.jsonl", "".join(
+        json.dumps({"prediction": p, "reference": ref}) + "\n"
+        for p, (_, ref) in zip(predictions, pairs)))
   return metrics

@@ -7,19 +7,18 @@ word only. An example is correct only if every token of the word is the argmax.
 
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Tuple
 
+from glm_jax import paths
 from glm_jax.lm_eval import blank_rows, detokenize
 
 
 def read(path: str) -> List[str]:
   """One passage per non-empty line."""
-  if not os.path.isfile(path):
+  if not paths.resolve(path).is_file():
     raise FileNotFoundError(f"LAMBADA file {path} does not exist; set LAMBADA_PATH to "
                             "lambada_test_plain_text.txt (../shared/data/lambada).")
-  with open(path, encoding="utf-8") as f:
-    return [line.strip() for line in f if line.strip()]
+  return [line.strip() for line in paths.read_text(path).splitlines() if line.strip()]
 
 
 def split_last_word(passage: str) -> Tuple[str, str]:

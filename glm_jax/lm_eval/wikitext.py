@@ -9,11 +9,11 @@ tokens. Word-level perplexity divides the same total loss by the file's whitespa
 
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Tuple
 
 import numpy as np
 
+from glm_jax import paths
 from glm_jax.lm_eval import blank_rows, detokenize
 
 SPLIT_FILES = {"test": "test.txt", "validation": "valid.txt"}
@@ -22,15 +22,14 @@ SPLIT_FILES = {"test": "test.txt", "validation": "valid.txt"}
 def split_path(directory: str, split: str) -> str:
   if split not in SPLIT_FILES:
     raise ValueError(f"Unknown WikiText split {split!r}; use one of {sorted(SPLIT_FILES)}.")
-  return os.path.join(directory, SPLIT_FILES[split])
+  return str(paths.resolve(directory) / SPLIT_FILES[split])
 
 
 def read(path: str) -> str:
-  if not os.path.isfile(path):
+  if not paths.resolve(path).is_file():
     raise FileNotFoundError(f"WikiText file {path} does not exist; set WIKITEXT_DIR to a "
                             "directory with test.txt / valid.txt (../shared/data/wikitext-2).")
-  with open(path, encoding="utf-8") as f:
-    return f.read()
+  return paths.read_text(path)
 
 
 def num_words(raw: str) -> int:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import gin
 import numpy as np
 
+from glm_jax import paths
 from glm_jax.lm_eval import blank_rows
 
 SPLITS = {"validation": (0, 100), "test": (100, 200), "train": (200, 1000)}
@@ -24,11 +24,10 @@ CONTENT_PROMPT = " Content:"
 
 def read(path: str, split: Optional[str] = None) -> List[Tuple[str, str]]:
   """(document, summary) pairs of a jsonl file, optionally one of SPLITS."""
-  if not os.path.isfile(path):
+  if not paths.resolve(path).is_file():
     raise FileNotFoundError(f"XSum file {path} does not exist; set XSUM_PATH to a jsonl of "
                             "{document, summary} rows (../shared/data/xsum).")
-  with open(path, encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  rows = [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
   pairs = [(r["document"], r["summary"]) for r in rows]
   if split is None:
     return pairs

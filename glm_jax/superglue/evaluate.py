@@ -4,13 +4,15 @@ For each task it writes OUTPUT_DIR/<task>/metrics.json and predictions.jsonl (on
 example, MultiRC one per answer option: the dataset's idx, gold label and prediction as the
 dataset's own label values, and every candidate's score), then prints a table with the
 SuperGLUE average (each task's mean of its metrics, averaged over the tasks evaluated).
+Under glm_jax.eval it scores on that mesh (`partitioning.active()`): the parameters stay in
+their shardings, batch rows are split over the batch axes, and process 0 writes the files
+(local or gs://).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any, Dict, Optional
 
@@ -19,6 +21,7 @@ import gin
 import jax
 import numpy as np
 
+from glm_jax import partitioning, paths
 from glm_jax.superglue import inputs
 from glm_jax.superglue import metrics as metrics_lib
 from glm_jax.superglue import patterns
@@ -36,10 +39,23 @@ def _json_value(value: Any) -> Any:
   return value.item() if hasattr(value, "item") else value
 
 
+def make_score_fn(model: ClozeModel, partitioner=None):
+  """jit(model.score); with a partitioner it runs under its mesh, scores replicated."""
+  if partitioner is None:
+    return jax.jit(model.score)
+  jitted = jax.jit(model.score, out_shardings=partitioner.replicated())
+
+  def score(params, batch):
+    with partitioner.under_mesh():
+      return jitted(params, partitioner.put_global(batch, "SuperGLUE batch"))
+
+  return score
+
+
 def score_task(model: ClozeModel, params, split: inputs.EncodedSplit, *, batch_size: int,
                layout: str = "auto", score_fn=None) -> list:
   """Candidate scores (lists, one per example, in example order), batched by length."""
-  score_fn = score_fn or jax.jit(model.score)
+  score_fn = score_fn or make_score_fn(model, partitioning.active())
   order = sorted(range(len(split.encoded)), key=lambda i: len(split.encoded[i].part_a))
   out = [None] * len(order)
   for start in range(0, len(order), batch_size):
@@ -78,16 +94,15 @@ def task_metrics(examples, preds) -> Dict[str, float]:
 
 def write_task(output_dir: str, task_name: str, examples, scores, preds,
                metrics: Dict[str, float], extra: Dict[str, Any]) -> None:
-  directory = os.path.join(output_dir, task_name)
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "metrics.json"), "w") as f:
-    json.dump({**metrics, **extra}, f, indent=2)
-  with open(os.path.join(directory, "predictions.jsonl"), "w") as f:
-    for e, s, p in zip(examples, scores, preds):
-      candidates = [c.strip() for c in e.candidates] if e.task == "wsc" else [
-          _json_value(v) for v in e.candidate_values]
-      f.write(json.dumps({"idx": e.idx, "label": e.label_value, "prediction": p,
-                          "candidates": candidates, "scores": s}) + "\n")
+  directory = paths.resolve(output_dir) / task_name
+  paths.write_json(directory / "metrics.json", {**metrics, **extra})
+  lines = []
+  for e, s, p in zip(examples, scores, preds):
+    candidates = [c.strip() for c in e.candidates] if e.task == "wsc" else [
+        _json_value(v) for v in e.candidate_values]
+    lines.append(json.dumps({"idx": e.idx, "label": e.label_value, "prediction": p,
+                             "candidates": candidates, "scores": s}) + "\n")
+  paths.write_text(directory / "predictions.jsonl", "".join(lines))
 
 
 def format_table(results: Dict[str, Dict[str, float]], average: float) -> str:
@@ -113,11 +128,11 @@ def evaluate_superglue(params, config, vocab_spec: str, output_dir: Optional[str
   from glm_jax.superglue import tasks  # pylint: disable=g-import-not-at-top
   if not output_dir:
     raise ValueError("The SuperGLUE evaluator needs an output directory; set OUTPUT_DIR.")
-  params = jax.device_get(params)
   vocab = inputs.resolve_vocabulary(vocabulary if vocabulary is not None else vocab_spec)
   lengths = {**DEFAULT_LENGTHS, **(task_lengths or {})}
   model = ClozeModel(config)
-  score_fn = jax.jit(model.score)
+  score_fn = make_score_fn(model, partitioning.active())
+  is_chief = jax.process_index() == 0
   results, skipped = {}, []
   for name in tasks.task_names(mixture_or_task_name):
     task, _ = inputs.parse_task_name(name)
@@ -142,9 +157,10 @@ def evaluate_superglue(params, config, vocab_spec: str, output_dir: Optional[str
     else:
       metrics = task_metrics(examples, preds)
     seconds = time.perf_counter() - start
-    write_task(output_dir, task, examples, scores, preds, metrics,
-               {"num_examples": len(examples), "num_truncated": encoded.num_truncated,
-                "seconds": round(seconds, 2)})
+    if is_chief:
+      write_task(output_dir, task, examples, scores, preds, metrics,
+                 {"num_examples": len(examples), "num_truncated": encoded.num_truncated,
+                  "seconds": round(seconds, 2)})
     logging.info("%s: %s (%d examples, %.1fs)", name, metrics, len(examples), seconds)
     if metrics:
       results[task] = metrics
@@ -152,7 +168,8 @@ def evaluate_superglue(params, config, vocab_spec: str, output_dir: Optional[str
   table = format_table(results, average)
   if skipped:
     table += "\nskipped (no data): " + ", ".join(skipped)
-  print(table, flush=True)
-  with open(os.path.join(output_dir, "superglue.json"), "w") as f:
-    json.dump({"tasks": results, "average": average, "skipped": skipped}, f, indent=2)
+  if is_chief:
+    print(table, flush=True)
+    paths.write_json(paths.resolve(output_dir) / "superglue.json",
+                     {"tasks": results, "average": average, "skipped": skipped})
   return {**results, "average": average}

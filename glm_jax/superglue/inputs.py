@@ -305,4 +305,5 @@ def default_model_dir(init_checkpoint: Optional[str], task: str) -> str:
   """<INIT_CHECKPOINT>_superglue_<task>: the fine-tuning MODEL_DIR when none is given."""
   if not init_checkpoint:
     raise ValueError("Set INIT_CHECKPOINT (a pretrained checkpoint) or MODEL_DIR.")
-  return os.path.normpath(os.path.abspath(init_checkpoint)) + f"_superglue_{task}"
+  from glm_jax import paths  # pylint: disable=g-import-not-at-top
+  return str(paths.resolve(os.fspath(init_checkpoint).rstrip("/"))) + f"_superglue_{task}"

@@ -7,8 +7,6 @@ log-probabilities), so learning flows through the language-model head, as in GLM
 from __future__ import annotations
 
 import functools
-import json
-import os
 from typing import Optional
 
 import gin
@@ -33,21 +31,15 @@ def checkpoint_config(path: Optional[str], dropout: Optional[float] = None) -> G
   Lets a fine-tuning run take its network sizes from INIT_CHECKPOINT; `dropout` (the
   reference fine-tunes with 0.1) replaces the embedding, attention and hidden dropout.
   """
+  from glm_jax import checkpoints  # pylint: disable=g-import-not-at-top
   if not path:
     raise ValueError("Set INIT_CHECKPOINT (or CHECKPOINT) to a GLM checkpoint directory.")
-  path = os.path.abspath(path)
-  meta_file = os.path.join(path, "glm_checkpoint.json")
-  if not os.path.exists(meta_file):
-    steps = sorted((int(d), d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(
-        path) else []
-    step_dir = path if os.path.isdir(os.path.join(path, "meta")) else (
-        os.path.join(path, steps[-1][1]) if steps else None)
-    meta_file = step_dir and os.path.join(step_dir, "meta", "metadata")
-  if not meta_file or not os.path.exists(meta_file):
+  try:
+    config, _, _ = checkpoints.read_config(path)
+  except FileNotFoundError:
     raise FileNotFoundError(f"No GLM checkpoint at {path!r}; pass a params-only checkpoint or "
-                            "a MODEL_DIR with saved steps as INIT_CHECKPOINT / CHECKPOINT.")
-  with open(meta_file) as f:
-    config = GLMConfig.from_dict(json.load(f)["glm_config"])
+                            "a MODEL_DIR with saved steps as INIT_CHECKPOINT / CHECKPOINT."
+                            ) from None
   if dropout is not None:
     config = config.replace(embedding_dropout=dropout, attention_dropout=dropout,
                             hidden_dropout=dropout)

@@ -16,6 +16,8 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import gin
 
+from glm_jax import paths
+
 TASKS = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc")
 TASK_DIRS = {"boolq": "BoolQ", "cb": "CB", "copa": "COPA", "multirc": "MultiRC",
              "record": "ReCoRD", "rte": "RTE", "wic": "WiC", "wsc": "WSC"}
@@ -39,7 +41,8 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 def _resolve(directory: Optional[str]) -> Optional[str]:
   """A relative directory is taken from the working directory, else from the repo root."""
-  if not directory or os.path.isabs(directory) or os.path.isdir(directory):
+  if (not directory or paths.is_url(directory) or os.path.isabs(directory)
+      or os.path.isdir(directory)):
     return directory
   from_root = os.path.join(_REPO_ROOT, directory)
   return from_root if os.path.isdir(from_root) else directory
@@ -66,16 +69,15 @@ def jsonl_path(data_dir: Optional[str], task: str, split: str) -> str:
   if not data_dir:
     raise ValueError("No SuperGLUE data directory: set the gin macro SUPERGLUE_DIR (or "
                      "FEWGLUE_DIR) to a folder holding <Task>/{train,val,test}.jsonl.")
-  path = os.path.join(data_dir, TASK_DIRS[task], _SPLIT_FILES[split])
-  if not os.path.exists(path):
+  path = str(paths.resolve(data_dir) / TASK_DIRS[task] / _SPLIT_FILES[split])
+  if not paths.resolve(path).exists():
     raise FileNotFoundError(f"{path} does not exist; point SUPERGLUE_DIR/FEWGLUE_DIR at the "
                             f"unzipped release (<dir>/{TASK_DIRS[task]}/{_SPLIT_FILES[split]}).")
   return path
 
 
 def read_jsonl(path: str) -> List[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
 
 def clean(text: str) -> str:
