@@ -106,7 +106,7 @@ def task_batches(mixture_or_task_name: str, split: str, *, data_dir: Optional[st
   return pipeline.get_batches(mixture_or_task_name, split, data_dir=data_dir, **kwargs)
 
 
-SYNTHETIC_VOCABULARY = "synthetic"  # synthetic_batches' ids; no vocabulary to check
+SYNTHETIC_VOCABULARY = "synthetic"  # ids of no text vocabulary (synthetic_batches, fixtures): unchecked
 
 
 @gin.configurable

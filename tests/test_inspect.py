@@ -95,14 +95,11 @@ def test_cli_stats_prints_one_json_object():
   assert 0.45 < data["masked_fraction_mean"] <= 1.0
 
 
-def test_cli_unknown_task_is_one_line(capsys):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.FLAGS(["inspect", "--task=no_such_task"])
-  try:
-    with pytest.raises(SystemExit) as exit_info:
-      inspect_lib.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
-  assert exit_info.value.code == 1
-  err = capsys.readouterr().err.strip().splitlines()
+def test_cli_unknown_task_is_one_line():
+  # A subprocess: parsing absl flags in this process would change other tests' logging.
+  result = subprocess.run([sys.executable, "-m", "glm_jax.data.inspect", "--task=no_such_task"],
+                          capture_output=True, text=True, timeout=180)
+  assert result.returncode == 1
+  err = [l for l in result.stderr.strip().splitlines() if l.startswith("inspect:")]
   assert len(err) == 1 and "not a GLM task" in err[0]
+  assert result.stderr.strip().splitlines()[-1] == err[0]

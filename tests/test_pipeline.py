@@ -151,7 +151,7 @@ def test_prepared_corpus_with_the_bert_vocabulary(bert_corpus):
   corpus_words = set(open(TINY, encoding="utf-8").read().lower().split())
   assert sum(w in corpus_words for w in words) > len(words) // 2
   # The vocabulary defaults to the corpus's own.
-  assert pipeline.get_vocabulary_for_task(f"prepared:{directory}").spec == spec
+  assert pipeline.get_vocabulary_for_task(f"prepared:{directory}").spec == vocabulary.spec
   # The same files read as a text: task with the BERT vocabulary give the same examples.
   again = _batches(f"text:{TINY}", num_batches=1, vocabulary=spec)[0]
   assert again["tokens"].max() < 30592
