@@ -54,9 +54,10 @@ def infilling_evaluator(params, config, vocab_spec: str, output_dir: str, *,
                         ) -> Dict[str, float]:
   """Loss and token accuracy of blank infilling on a task split (the trainer's eval step).
 
-  Runs on the active partitioner's mesh (glm_jax.eval's), else on one from `mesh_config`.
+  Runs on the active partitioner's mesh (glm_jax.eval's), else on one from `mesh_config`; the
+  split is tokenized with the checkpoint's vocabulary (`vocab_spec`).
   """
-  del vocab_spec, output_dir
+  del output_dir
   if input_fn is None:
     from glm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
     input_fn = train_lib.task_batches
@@ -67,7 +68,8 @@ def infilling_evaluator(params, config, vocab_spec: str, output_dir: str, *,
   eval_step = trainer_lib.make_eval_step(model, partitioner)
   batches = (partitioner.shard_batch(b, batch_size) for b in input_fn(
       mixture_or_task_name, split, sequence_length=sequence_length, batch_size=batch_size,
-      seed=seed, shard_index=shard_index, num_shards=num_shards, num_batches=num_batches))
+      seed=seed, shard_index=shard_index, num_shards=num_shards, num_batches=num_batches,
+      vocabulary=vocab_spec))
   return trainer_lib.evaluate(eval_step, params, batches)
 
 

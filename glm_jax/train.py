@@ -46,7 +46,8 @@ FLAGS = flags.FLAGS
 def synthetic_batches(mixture_or_task_name: str, split: str, *, sequence_length: int,
                       batch_size: int, seed: int, start_batch: int = 0, shard_index: int = 0,
                       num_shards: int = 1, pack: bool = False, num_batches: Optional[int] = None,
-                      vocab_size: int = 128) -> Iterator[Dict[str, np.ndarray]]:
+                      vocab_size: int = 128, vocabulary: Optional[str] = None
+                      ) -> Iterator[Dict[str, np.ndarray]]:
   """Blank-infilling batches of arithmetic-progression 'documents' (tests; no TF, no files).
 
   Same contract as glm_jax.data.pipeline.get_batches: batch i is a pure function of
@@ -54,7 +55,7 @@ def synthetic_batches(mixture_or_task_name: str, split: str, *, sequence_length:
   batch. Each row: `[CLS] doc` with one span replaced by [MASK] (Part A), then sop + span
   (Part B) with targets span + eop; ids 0 pad, 1 cls, 2 mask, 3 sop, 4 eop.
   """
-  del mixture_or_task_name, pack
+  del mixture_or_task_name, pack, vocabulary
   if batch_size % num_shards:
     raise ValueError(f"batch_size {batch_size} is not divisible by {num_shards} shards.")
   if sequence_length < 8 or vocab_size < 8:
@@ -95,10 +96,53 @@ def _synthetic_row(rng, length: int, vocab: int) -> Dict[str, np.ndarray]:
 
 
 @gin.configurable
-def task_batches(mixture_or_task_name: str, split: str, **kwargs):
-  """glm_jax.data.pipeline.get_batches, imported on first use (TensorFlow loads only then)."""
+def task_batches(mixture_or_task_name: str, split: str, *, data_dir: Optional[str] = None,
+                 **kwargs):
+  """glm_jax.data.pipeline.get_batches, imported on first use (TensorFlow loads only then).
+
+  `data_dir` (gin macro PREPARED_DATA_DIR) holds the named prepared corpora.
+  """
   from glm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.get_batches(mixture_or_task_name, split, **kwargs)
+  return pipeline.get_batches(mixture_or_task_name, split, data_dir=data_dir, **kwargs)
+
+
+SYNTHETIC_VOCABULARY = "synthetic"  # ids of no text vocabulary (synthetic_batches, fixtures): unchecked
+
+
+@gin.configurable
+def default_vocabulary(init_checkpoint: Optional[str] = None) -> str:
+  """The VOCABULARY of a run that names none: INIT_CHECKPOINT's, else 'builtin'."""
+  if init_checkpoint:
+    try:
+      return checkpoints.read_config(init_checkpoint)[1]
+    except FileNotFoundError:
+      pass  # train() reports the missing INIT_CHECKPOINT in one line
+  return "builtin"
+
+
+def check_vocabulary(vocab_spec: str, config, init_checkpoint: Optional[str] = None,
+                     model_dir: Optional[str] = None) -> None:
+  """Stops a run whose VOCABULARY does not fit the model or its checkpoints (one line each)."""
+  if vocab_spec == SYNTHETIC_VOCABULARY:
+    return
+  from glm_jax.data import prepared  # pylint: disable=g-import-not-at-top
+  from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  size = vocab_lib.get_vocabulary(vocab_spec).vocab_size
+  if size > config.vocab_size:
+    raise ValueError(f"VOCABULARY {vocab_spec!r} has {size} ids (padded) but "
+                     f"GLMConfig.vocab_size is {config.vocab_size}; use the model's vocabulary "
+                     f"or set model.GLMConfig.vocab_size = {size}.")
+  for kind, path in (("INIT_CHECKPOINT", init_checkpoint), ("MODEL_DIR", model_dir)):
+    if not path:
+      continue
+    try:
+      stored = checkpoints.read_config(path)[1]
+    except FileNotFoundError:
+      continue  # an empty MODEL_DIR starts fresh
+    if not prepared.same_vocabulary(stored, vocab_spec):
+      raise ValueError(f"{kind} {path} was trained with vocabulary {stored!r} but VOCABULARY "
+                       f"is {vocab_spec!r}; leave VOCABULARY unset (it defaults to "
+                       f"INIT_CHECKPOINT's) or set VOCABULARY = '{stored}'.")
 
 
 def _say(message: str) -> None:
@@ -191,6 +235,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
                      f"max_sequence_length {model.config.max_sequence_length}; lower it.")
   if best_mode not in ("max", "min"):
     raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
+  check_vocabulary(vocab_spec, model.config, init_checkpoint, model_dir)
   if keep_best_metric and not eval_period:
     logging.warning("KEEP_BEST_METRIC %s is ignored: periodic evaluation is off "
                     "(EVAL_PERIOD = 0).", keep_best_metric)
@@ -258,7 +303,8 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
   shard_index, num_shards = partitioner.local_batch_slice(batch_size)
   batches = train_input(mixture_or_task_name, "train", sequence_length=sequence_length,
                         batch_size=batch_size, seed=data_seed, start_batch=next_batch,
-                        shard_index=shard_index, num_shards=num_shards, pack=pack)
+                        shard_index=shard_index, num_shards=num_shards, pack=pack,
+                        vocabulary=vocab_spec)
   eval_batches = None
   if eval_period:
     eval_shard, eval_shards = partitioner.local_batch_slice(eval_batch_size)
@@ -266,7 +312,8 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
     eval_batches = [partitioner.shard_batch(b, eval_batch_size) for b in eval_fn(
         eval_mixture_or_task_name or mixture_or_task_name, eval_split,
         sequence_length=sequence_length, batch_size=eval_batch_size, seed=data_seed,
-        shard_index=eval_shard, num_shards=eval_shards, pack=pack, num_batches=eval_steps)]
+        shard_index=eval_shard, num_shards=eval_shards, pack=pack, num_batches=eval_steps,
+        vocabulary=vocab_spec)]
 
   tokens_per_step = batch_size * sequence_length
   flops_per_step = flops.train_flops_per_token(model.config, sequence_length) * tokens_per_step

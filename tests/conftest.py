@@ -223,3 +223,33 @@ def read_xz_json(path: str, lines: bool = False):
   opener = lzma.open if path.endswith(".xz") else open
   with opener(path, "rt", encoding="utf-8") as f:
     return [json.loads(l) for l in f if l.strip()] if lines else json.load(f)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prepared_cache_dir(tmp_path_factory):
+  """Corpora prepared on first use (built-in, text:) go to a per-session cache, not ~/.cache."""
+  path = str(tmp_path_factory.mktemp("glm_jax_cache"))
+  previous = os.environ.get("GLM_JAX_CACHE_DIR")
+  os.environ["GLM_JAX_CACHE_DIR"] = path
+  yield path
+  if previous is None:
+    os.environ.pop("GLM_JAX_CACHE_DIR", None)
+  else:
+    os.environ["GLM_JAX_CACHE_DIR"] = previous
+
+
+TINY_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                           "tiny_corpus.txt")
+
+
+def prepare_in_process(output_dir, inputs=(TINY_CORPUS,), vocabulary="builtin", **kwargs):
+  """Prepares a corpus in this process (the units the Beam pipeline runs); returns the dir."""
+  from glm_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  prepare.prepare(list(inputs), vocabulary, str(output_dir), in_process=True, **kwargs)
+  return str(output_dir)
+
+
+@pytest.fixture(scope="session")
+def bert_vocab_file(vocab_paths):
+  """The real BERT uncased WordPiece vocab.txt (GLM-Base/Large), unpacked from tests/fixtures."""
+  return vocab_paths["wordpiece"]

@@ -205,8 +205,8 @@ def _input_fn(batches: Sequence[Dict[str, np.ndarray]]):
 
   def train_input(mixture_or_task_name, split, *, sequence_length, batch_size, seed,
                   start_batch=0, shard_index=0, num_shards=1, pack=False,
-                  num_batches=None) -> Iterator[Dict[str, np.ndarray]]:
-    del mixture_or_task_name, split, sequence_length, seed, pack, num_batches
+                  num_batches=None, vocabulary=None) -> Iterator[Dict[str, np.ndarray]]:
+    del mixture_or_task_name, split, sequence_length, seed, pack, num_batches, vocabulary
     rows = batch_size // num_shards
     for batch in batches[start_batch:]:
       yield {k: v[shard_index * rows:(shard_index + 1) * rows] for k, v in batch.items()}
@@ -246,8 +246,10 @@ def run(fixture_dir: str, name: str, init: str, model_dir: Optional[str] = None,
       raise ValueError(f"--model_dir {model_dir} is not empty; a trajectory starts from --init, "
                        "so give a new or empty folder.")
     run_dir = model_dir or os.path.join(workdir, "run")
+    # The fixture's ids belong to no text vocabulary: the run's VOCABULARY (INIT_CHECKPOINT's)
+    # is the trainer's marker for that, which skips the vocabulary checks.
     init_dir = checkpoints.save_params_checkpoint(os.path.join(workdir, "init"), params,
-                                                  config, "builtin")
+                                                  config, train_lib.SYNTHETIC_VOCABULARY)
     bindings = list(recipe.bindings) + model_bindings(config) + [
         f"MODEL_DIR = {run_dir!r}", f"INIT_CHECKPOINT = {init_dir!r}",
         f"MIXTURE_OR_TASK_NAME = 'trajectory_{name}'", f"SEQUENCE_LENGTH = {length}",

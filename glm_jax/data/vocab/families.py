@@ -20,7 +20,10 @@ from glm_jax.data.special_tokens import SpecialTokens
 from glm_jax.data.vocab import files
 
 PAD_MULTIPLE = 128
-SENTENCE_END_CHARS = (".", "?", "!", ";", ":")
+# A token ends a sentence when it contains one of these: the reference's contains_sentence_end
+# (blocklm_utils.py; BlockDataset's has the first six).
+SENTENCE_END_CHARS = (".", "?", "!", ";", ":", "\n", "\u3002", "\uff1f", "\uff01", "\uff1b",
+                      "\u2026")
 # Reference command-token names -> SpecialTokens fields.
 ROLE_OF_NAME = {"pad": "pad", "eos": "eos", "sep": "sep", "ENC": "cls", "MASK": "mask",
                 "unk": "unk", "sop": "sop", "eop": "eop", "gMASK": "gmask", "sMASK": "smask",
@@ -33,7 +36,7 @@ def padded_size(size: int, multiple: int = PAD_MULTIPLE) -> int:
 
 
 def sentence_end_ids(pieces: Sequence[str], skip: Iterable[int] = ()) -> Tuple[int, ...]:
-  """Ids whose piece contains `. ? ! ; :` (the reference's `contains_sentence_end`)."""
+  """Ids whose piece contains an end mark (the reference's `contains_sentence_end`)."""
   skip = set(skip)
   return tuple(i for i, p in enumerate(pieces)
                if i not in skip and any(c in p for c in SENTENCE_END_CHARS))
