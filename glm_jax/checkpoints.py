@@ -22,12 +22,11 @@ import hashlib
 import json
 import logging as std_logging
 import os
-import sys
 import threading
 import time
 from typing import Any, Optional, Tuple
 
-from absl import app, flags, logging  # pylint: disable=g-multiple-import
+from absl import flags, logging  # pylint: disable=g-multiple-import
 import flax.linen as nn
 import jax
 import numpy as np
@@ -94,7 +93,7 @@ def verify(tree, saved_digests: Optional[dict], where: str, prefix: str = "") ->
     raise CorruptCheckpoint(f"{where}: {_few(nonfinite)} hold NaN or Inf")
 
 
-def _any_process(flag: bool) -> bool:
+def any_process(flag: bool) -> bool:
   """True when `flag` holds on any process (every process gets the same answer)."""
   if jax.process_count() == 1:
     return bool(flag)
@@ -130,9 +129,10 @@ def unreadable_reason(error: BaseException) -> Optional[str]:
   return None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
   text = str(error).strip()
   return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
+
 
 
 def is_step_dir(path) -> bool:
@@ -258,9 +258,9 @@ class CheckpointManager:
     step, self._pending = self._pending, None
     error = self._errors.pop()
     complete = error is None and is_step_dir(self.model_dir / str(step))
-    if not _any_process(not complete):
+    if not any_process(not complete):
       return
-    reason = _first_line(error) if error is not None else "it was not finalized"
+    reason = first_line(error) if error is not None else "it was not finalized"
     raise gin_utils.RunFault(
         f"Saving checkpoint step {step} to {self.model_dir} failed ({reason}); the last "
         f"complete checkpoint is {self.last_complete()}, kept. Fix the cause (free space?), "
@@ -306,7 +306,7 @@ class CheckpointManager:
           force=force)
     except Exception as e:  # pylint: disable=broad-except
       raise gin_utils.RunFault(
-          f"Saving checkpoint step {step} to {self.model_dir} failed ({_first_line(e)}); the "
+          f"Saving checkpoint step {step} to {self.model_dir} failed ({first_line(e)}); the "
           f"last complete checkpoint is {self.last_complete()}, kept. Fix the cause (free "
           "space?), then run again to resume from it.") from e
     if saved:
@@ -331,16 +331,16 @@ class CheckpointManager:
                f"step {step}")
       except Exception as e:  # pylint: disable=broad-except
         error = e
-      if not _any_process(error is not None):
+      if not any_process(error is not None):
         return restored[STATE_ITEM], dict(restored[META_ITEM])
       reason = unreadable_reason(error) if error is not None else None
-      if not _any_process(reason is not None):
+      if not any_process(reason is not None):
         if error is None:
           raise RuntimeError(f"Another process could not restore step {step} from "
                              f"{self.model_dir}; see its log.")
         raise ValueError(
             f"Checkpoint step {step} in {self.model_dir} cannot be restored into this run's "
-            f"train state ({_first_line(error)}); train with the gin config it was saved "
+            f"train state ({first_line(error)}); train with the gin config it was saved "
             "with, or use a new MODEL_DIR.") from error
       moved = self._set_aside(step)
       logging.warning("Checkpoint step %d in %s is unreadable (%s); set aside as %s, falling "
@@ -388,12 +388,17 @@ class CheckpointManager:
       std_logging.getLogger("absl").removeFilter(self._errors)
 
 
+def prepare_model_dir(model_dir: str) -> None:
+  """Creates MODEL_DIR (ValueError in one line when it cannot be)."""
+  _prepare_model_dir(paths.resolve(model_dir), model_dir)
+
+
 def _prepare_model_dir(path, given: str) -> None:
   """Creates MODEL_DIR; a local one must be readable and writable."""
   try:
     path.mkdir(parents=True, exist_ok=True)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"Cannot create MODEL_DIR {given!r} ({_first_line(e)}); choose a "
+    raise ValueError(f"Cannot create MODEL_DIR {given!r} ({first_line(e)}); choose a "
                      "writable directory (for gs:// an existing bucket).") from None
   if not paths.is_url(path):
     if not os.access(path, os.W_OK | os.R_OK):
@@ -485,7 +490,7 @@ def load_params(path: str, abstract_params=None) -> Tuple[Any, GLMConfig, str, i
       params = _restore_tree(path / PARAMS_ITEM, abstract_params)
       verify(params, meta.get(DIGESTS_KEY), f"params-only checkpoint {given}")
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"Checkpoint {given!r} cannot be read ({_first_line(e)}); pass an "
+      raise ValueError(f"Checkpoint {given!r} cannot be read ({first_line(e)}); pass an "
                        "intact checkpoint (convert it again?).") from e
     return params, GLMConfig.from_dict(meta["glm_config"]), meta["vocab_spec"], meta["step"]
   if kind == "step":
@@ -503,11 +508,11 @@ def load_params(path: str, abstract_params=None) -> Tuple[Any, GLMConfig, str, i
       verify(params, meta.get(DIGESTS_KEY), f"checkpoint {step_dir}", prefix=".params")
     except Exception as e:  # pylint: disable=broad-except
       error = e
-    if not _any_process(error is not None):
+    if not any_process(error is not None):
       return params, GLMConfig.from_dict(meta["glm_config"]), meta["vocab_spec"], meta["step"]
     reason = unreadable_reason(error) if error is not None else None
-    if i + 1 == len(candidates) or not _any_process(reason is not None):
-      detail = _first_line(error) if error is not None else "failed on another process"
+    if i + 1 == len(candidates) or not any_process(reason is not None):
+      detail = first_line(error) if error is not None else "failed on another process"
       raise ValueError(f"Checkpoint {str(step_dir)!r} cannot be read ({detail}); pass an "
                        "intact checkpoint made for this model.") from error
     logging.warning("Checkpoint %s is unreadable (%s); using the previous one.", step_dir,
@@ -526,9 +531,9 @@ def _newest_meta(path, given: str) -> dict:
     try:
       return _read_step_meta(step_dir)
     except (ValueError, OSError) as e:  # a cut or lost meta file: the step is unreadable
-      logging.warning("The metadata of %s is unreadable (%s).", step_dir, _first_line(e))
+      logging.warning("The metadata of %s is unreadable (%s).", step_dir, first_line(e))
       error = e
-  raise ValueError(f"No step in {given!r} has readable metadata ({_first_line(error)}); "
+  raise ValueError(f"No step in {given!r} has readable metadata ({first_line(error)}); "
                    "use another checkpoint.")
 
 
@@ -548,7 +553,7 @@ def read_config(path: str) -> Tuple[GLMConfig, str, int]:
       meta = _newest_meta(path, given)
     return GLMConfig.from_dict(meta["glm_config"]), meta["vocab_spec"], int(meta["step"])
   except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"Checkpoint {given!r} has unreadable metadata ({_first_line(e)}); pass "
+    raise ValueError(f"Checkpoint {given!r} has unreadable metadata ({first_line(e)}); pass "
                      "an intact checkpoint.") from None
 
 
@@ -672,7 +677,7 @@ def describe(model_dir: str) -> list:
       params, _, _, step = load_params(str(target))
     except (ValueError, FileNotFoundError) as e:
       cause = e.__cause__ if e.__cause__ is not None else e
-      reason = unreadable_reason(cause) or _first_line(cause)
+      reason = unreadable_reason(cause) or first_line(cause)
       step = int(target.name) if target.name.isdigit() else None
       rows.append({"step": step, "num_params": None, "sha256": None, "path": str(target),
                    "status": f"unreadable: {reason}"})

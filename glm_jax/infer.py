@@ -13,11 +13,9 @@ multi-host: --coordinator_address/--num_processes/--process_id or --multihost_au
 
 from __future__ import annotations
 
-import sys
+from absl import flags, logging  # pylint: disable=g-multiple-import
 
-from absl import app, flags, logging  # pylint: disable=g-multiple-import
-
-from glm_jax import distributed, host_memory, paths
+from glm_jax import distributed, gin_utils, host_memory, paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (trainer output or convert).")
@@ -79,14 +77,9 @@ def run() -> list:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    distributed.initialize()
-    results = run()
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  gin_utils.begin_cli(argv, "--checkpoint, --text, --input_file")
+  distributed.initialize()
+  results = run()
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:  # every process decoded the same prompts
     return
@@ -103,4 +96,4 @@ def main(argv):
 
 if __name__ == "__main__":
   host_memory.reexec_with_tuned_malloc()
-  app.run(main)
+  gin_utils.run(main)

@@ -559,10 +559,7 @@ def _platform(config) -> Optional[str]:
 
 def main(argv):
   gin_utils.begin_cli(argv, "--gin_file, --mesh, --batch_size")
-  try:
-    report = run_plan()
-  except (ValueError, FileNotFoundError, TypeError) as e:
-    gin_utils.exit_with_error(e)
+  report = run_plan()
   text = json.dumps(report, indent=2, sort_keys=True)
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:

@@ -137,6 +137,11 @@ class Trainer:
     """{name: (numerator, denominator)} of one global evaluation batch."""
     return self._eval_step(params, batch)
 
+  def eval_metric_names(self, batch) -> list:
+    """The names `evaluate` reports ('eval/<metric>') for batches like `batch` (no compute)."""
+    shapes = self._traced(jax.eval_shape, self.model.eval_fn, self.abstract_state.params, batch)
+    return sorted(f"eval/{name}" for name in shapes)
+
   def _init_fn(self, rng):
     params = self.model.init_params(rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,

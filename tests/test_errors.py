@@ -40,7 +40,7 @@ def gin_file(tmp_path_factory):
     (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.SEQUENCE_LENGTH=65"],
      "SEQUENCE_LENGTH 65 exceeds the model's max_sequence_length 64"),
     (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.NAN_ACTION='ignore'"],
-     "nan_action must be one of"),
+     "NAN_ACTION must be one of"),
     (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.SCHEDULE='cosin'"],
      "schedule must be one of"),
 ])

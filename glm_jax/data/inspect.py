@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from typing import Dict, Iterator, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from glm_jax import gin_utils
 from glm_jax.data import objectives
 from glm_jax.data import pipeline
 from glm_jax.data import tasks as tasks_lib
@@ -182,21 +181,19 @@ def show_examples(task_name: str, split: str, num_examples: int, sequence_length
 
 
 def main(argv):
-  del argv
+  gin_utils.begin_cli(argv, "--task, --split, --num_examples")
   if not _TASK.value:
-    print("inspect: pass --task=NAME (e.g. --task=glm_builtin).", file=sys.stderr)
-    sys.exit(2)
-  try:
-    if _STATS.value > 0:
-      print(json.dumps(stats(_TASK.value, _SPLIT.value, _STATS.value, _SEQUENCE_LENGTH.value,
-                             _SEED.value, _OBJECTIVE.value), sort_keys=True))
-    else:
-      print(show_examples(_TASK.value, _SPLIT.value, _NUM_EXAMPLES.value,
-                          _SEQUENCE_LENGTH.value, _SEED.value, _OBJECTIVE.value))
-  except (ValueError, FileNotFoundError) as e:
-    print(f"inspect: {e}", file=sys.stderr)
-    sys.exit(1)
+    raise ValueError("Pass --task=NAME (e.g. --task=glm_builtin).")
+  if _SEQUENCE_LENGTH.value < 8 or _NUM_EXAMPLES.value < 0 or _STATS.value < 0:
+    raise ValueError("--sequence_length must be at least 8 and --num_examples / --stats not "
+                     "negative.")
+  if _STATS.value > 0:
+    print(json.dumps(stats(_TASK.value, _SPLIT.value, _STATS.value, _SEQUENCE_LENGTH.value,
+                           _SEED.value, _OBJECTIVE.value), sort_keys=True))
+  else:
+    print(show_examples(_TASK.value, _SPLIT.value, _NUM_EXAMPLES.value,
+                        _SEQUENCE_LENGTH.value, _SEED.value, _OBJECTIVE.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  gin_utils.run(main)

@@ -72,6 +72,14 @@ def _vocabulary(vocab_spec):
   return vocab_lib.get_vocabulary(vocab_spec) if isinstance(vocab_spec, str) else vocab_spec
 
 
+def _check_file(path: str, macro: str) -> dict:
+  """{} when `path` (set by the gin macro `macro`) is a file (glm_jax.eval's check_only)."""
+  if not path or not paths.resolve(path).is_file():
+    raise FileNotFoundError(f"{macro} {path!r} does not exist; set --gin.{macro}=PATH to the "
+                            "evaluation file.")
+  return {}
+
+
 def _write(output_dir, name: str, metrics: dict) -> None:
   if output_dir and jax.process_index() == 0:
     paths.write_json(paths.resolve(output_dir) / f"{name}.json", metrics)
@@ -81,8 +89,10 @@ def _write(output_dir, name: str, metrics: dict) -> None:
 @gin.configurable
 def lambada(params, config, vocab_spec, output_dir, *, path: str = gin.REQUIRED,
             bidirectional: bool = True, mask: str = "gmask", sequence_length: int = 256,
-            batch_size: int = 16, max_examples: int = 0) -> dict:
+            batch_size: int = 16, max_examples: int = 0, check_only: bool = False) -> dict:
   """LAMBADA accuracy (every word token the argmax) and word perplexity."""
+  if check_only:
+    return _check_file(path, "LAMBADA_PATH")
   vocabulary = _vocabulary(vocab_spec)
   passages = lambada_lib.read(path)
   if max_examples:
@@ -103,8 +113,11 @@ def lambada(params, config, vocab_spec, output_dir, *, path: str = gin.REQUIRED,
 @gin.configurable
 def wikitext(params, config, vocab_spec, output_dir, *, directory: str = gin.REQUIRED,
              split: str = "test", window: int = 1024, stride: int = 256, variants: Sequence[str] = ("bi", "uni"),
-             batch_size: int = 8, max_tokens: int = 0, name: str = "wikitext2") -> dict:
+             batch_size: int = 8, max_tokens: int = 0, name: str = "wikitext2",
+             check_only: bool = False) -> dict:
   """Token- and word-level perplexity, bidirectional and/or unidirectional."""
+  if check_only:
+    return _check_file(wikitext_lib.split_path(directory, split), "WIKITEXT_DIR")
   vocabulary = _vocabulary(vocab_spec)
   raw = wikitext_lib.read(wikitext_lib.split_path(directory, split))
   tokens = wikitext_lib.tokenize(raw, vocabulary)
@@ -150,8 +163,10 @@ def xsum(params, config, vocab_spec, output_dir, *, path: str = gin.REQUIRED,
          decode_config: decoding.DecodeConfig = decoding.DecodeConfig(
              strategy="beam", num_beams=6, length_penalty=1.0, min_length=10,
              no_repeat_ngram_size=3, max_new_tokens=60),
-         batch_size: int = 4) -> dict:
+         batch_size: int = 4, check_only: bool = False) -> dict:
   """Beam-search summaries of the [sMASK] and their ROUGE against the references."""
+  if check_only:
+    return _check_file(path, "XSUM_PATH")
   vocabulary = _vocabulary(vocab_spec)
   pairs = xsum_lib.read(path, split)
   if num_examples:
