@@ -231,8 +231,13 @@ class CheckpointManager:
     return [s for s in self.all_steps() if s != self._pending]
 
   def last_complete(self) -> str:
-    """'step N (DIR/N)' of the newest complete checkpoint, for messages."""
+    """'step N (DIR/N)' of the newest complete checkpoint, for messages (waits for a save in
+    flight, on this process)."""
     steps = self.complete_steps()
+    if self._pending is not None and self._manager is not None:
+      self._wait_quietly()
+      if is_step_dir(self.model_dir / str(self._pending)):
+        steps = sorted(steps + [self._pending])
     return f"step {steps[-1]} ({self.model_dir / str(steps[-1])})" if steps else "none"
 
   def should_save(self, step: int) -> bool:
