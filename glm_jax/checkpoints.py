@@ -41,8 +41,10 @@ META_ITEM = "meta"
 PARAMS_ITEM = "params"
 PARAMS_META_FILE = "glm_checkpoint.json"
 TMP_MARKER = ".orbax-checkpoint-tmp"
-# tensorstore's status codes for bytes that are gone or cannot be decoded.
-_LOST_DATA_CODES = ("DATA_LOSS", "NOT_FOUND")
+# tensorstore's status codes for bytes that are gone, cut short or cannot be decoded.
+_LOST_DATA_CODES = ("DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE")
+# ... and what its decoders say of bytes that are cut or garbled under other codes.
+_LOST_DATA_PHRASES = ("Truncated", "Error decoding", "checksum mismatch", "Corrupt")
 
 
 DIGESTS_KEY = "digests"
@@ -109,8 +111,9 @@ def _sync(name: str) -> None:
 def unreadable_reason(error: BaseException) -> Optional[str]:
   """Why `error`, raised reading a checkpoint, shows its bytes lost or undecodable; else None.
 
-  tensorstore reports missing and undecodable files as NOT_FOUND / DATA_LOSS, and a cut
-  JSON metadata file fails to decode. Anything else (a shape that does not match this run's
+  tensorstore reports missing, cut and undecodable files as NOT_FOUND / OUT_OF_RANGE /
+  DATA_LOSS, a cut JSON metadata file fails to decode, and arrays whose digests differ or
+  that hold NaN / Inf are CorruptCheckpoint. Anything else (a shape that does not match this run's
   model, memory, the network) says nothing against the checkpoint.
   """
   seen = set()
@@ -123,7 +126,8 @@ def unreadable_reason(error: BaseException) -> Optional[str]:
     if isinstance(error, FileNotFoundError):
       return f"missing file ({error})"
     code = str(error).split(":", 1)[0].strip()
-    if code in _LOST_DATA_CODES:
+    if code in _LOST_DATA_CODES or (code.isupper() and "_" in code and any(
+        phrase in str(error) for phrase in _LOST_DATA_PHRASES)):
       return str(error).splitlines()[0][:300]
     error = error.__cause__ or error.__context__
   return None

@@ -107,6 +107,7 @@ def evaluate_checkpoint(*, checkpoint: str = gin.REQUIRED,
   gin_utils.check_required(checkpoint=checkpoint)
   partitioner = partitioning.Partitioner(mesh_config)
   config, vocab_spec, _ = checkpoints.read_config(checkpoint)
+  output_dir = str(paths.resolve(output_dir or default_output_dir(checkpoint)))
   fns = list(evaluators) if evaluators else [evaluator]
   if not fns:
     raise ValueError("EVALUATORS is empty; list at least one evaluator.")
@@ -121,7 +122,6 @@ def evaluate_checkpoint(*, checkpoint: str = gin.REQUIRED,
     print(f"Restored step {step} of {checkpoint} into the mesh "
           f"{partitioning.mesh_text(partitioner.mesh)} ({partitioning.placement(params)}).",
           flush=True)
-  output_dir = str(paths.resolve(output_dir or default_output_dir(checkpoint)))
   if jax.process_index() == 0:
     paths.makedirs(output_dir)
   results = {}

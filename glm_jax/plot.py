@@ -23,7 +23,8 @@ def read_curves(path: str) -> Dict[str, List[Tuple[int, float]]]:
   if not paths.resolve(path).is_file():
     raise FileNotFoundError(f"Metrics file {path!r} not found; pass MODEL_DIR/metrics.jsonl.")
   read = metrics_writer.read_records(path)
-  bad = [(n, why) for n, why in read.bad if n != read.cut_line]
+  # A last line cut short (a trainer writing or killed) is left out, after records only.
+  bad = [(n, why) for n, why in read.bad if n != read.cut_line or not read.records]
   if bad:
     number, why = bad[0]
     more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
