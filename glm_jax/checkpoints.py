@@ -201,6 +201,7 @@ class CheckpointManager:
     self.period = period
     self.keep = keep_count(keep)
     self._pending = None  # the step of a save started and not yet seen complete
+    self._failed = set()  # steps whose save failed: never counted as complete
     self._errors = _SaveErrors()
     std_logging.getLogger("absl").addFilter(self._errors)
     _prepare_model_dir(self.model_dir, model_dir)
@@ -231,13 +232,13 @@ class CheckpointManager:
     return sorted(self._manager.all_steps())
 
   def complete_steps(self):
-    """Steps whose save is known to be complete (the one in flight excluded)."""
-    return [s for s in self.all_steps() if s != self._pending]
+    """Steps whose save is known to be complete (the one in flight and failed ones excluded)."""
+    return [s for s in self.all_steps() if s != self._pending and s not in self._failed]
 
   def last_complete(self) -> str:
     """'step N (DIR/N)' of the newest complete checkpoint, for messages (waits for a save in
     flight, on this process)."""
-    steps = self.complete_steps()
+    steps = [s for s in self.complete_steps() if is_step_dir(self.model_dir / str(s))]
     if self._pending is not None and self._manager is not None:
       self._wait_quietly()
       if is_step_dir(self.model_dir / str(self._pending)):
@@ -269,6 +270,7 @@ class CheckpointManager:
     complete = error is None and is_step_dir(self.model_dir / str(step))
     if not any_process(not complete):
       return
+    self._failed.add(step)
     reason = first_line(error) if error is not None else "it was not finalized"
     raise gin_utils.RunFault(
         f"Saving checkpoint step {step} to {self.model_dir} failed ({reason}); the last "
@@ -296,7 +298,8 @@ class CheckpointManager:
     RunFault when the previous save failed or this one cannot start.
     """
     step = int(jax.device_get(state.step))
-    self._confirm(wait=jax.process_count() > 1)
+    # orbax's save waits for the previous one anyway; it must be complete before old steps go.
+    self._confirm(wait=True)
     if step in self._manager.all_steps():
       return False
     found, finite = digests_lib.tree_digests(state)
@@ -382,7 +385,8 @@ class CheckpointManager:
     try:
       try:
         self._confirm(wait=True)
-        self._prune()
+        if check:  # on an error path nothing is deleted
+          self._prune()
       except gin_utils.RunFault as e:
         if check:
           raise

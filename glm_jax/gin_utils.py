@@ -352,8 +352,34 @@ def parse_flags(argv: Sequence[str]) -> List[str]:
     sys.exit(EXIT_USAGE)
 
 
+def _late_callback(error: BaseException) -> bool:
+  """A future's callback that ran after its asyncio loop closed (an aborted orbax write)."""
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def quiet_late_callbacks() -> None:
+  """Drops the tracebacks of tensorstore callbacks reaching a closed asyncio loop.
+
+  When a checkpoint write fails (a full disk), tensorstore's futures still complete and call
+  into orbax's closed event loop, and each prints `RuntimeError: Event loop is closed` (through
+  sys.excepthook or sys.unraisablehook): hundreds of lines that hide the one that matters.
+  """
+  previous_hook, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+  def excepthook(kind, value, tb):
+    if not _late_callback(value):
+      previous_hook(kind, value, tb)
+
+  def unraisablehook(unraisable):
+    if not _late_callback(unraisable.exc_value):
+      previous_unraisable(unraisable)
+
+  sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+
 def run(main: Callable, argv: Optional[Sequence[str]] = None) -> None:
   """app.run with --gin.NAME=VALUE support and the one-line errors of every CLI."""
+  quiet_late_callbacks()
   argv = list(sys.argv if argv is None else argv)
   try:
     argv = rewrite_gin_args(argv)
