@@ -133,9 +133,15 @@ def unreadable_reason(error: BaseException) -> Optional[str]:
   return None
 
 
-def first_line(error: BaseException) -> str:
+def first_line(error: BaseException, limit: int = 300) -> str:
+  """'Type: first line' of an error; a long line keeps its start and its end (the OS reason)."""
   text = str(error).strip()
-  return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
+  if not text:
+    return type(error).__name__
+  line = text.splitlines()[0]
+  if len(line) > limit:
+    line = f"{line[:limit // 2]} ... {line[-(limit // 2):]}"
+  return f"{type(error).__name__}: {line}"
 
 
 
@@ -646,7 +652,10 @@ def _restore_params_from_state(state_path, abstract_params=None):
 
 def _restore_params_subtree(checkpointer, state_path, abstract_params):
   metadata = checkpointer.metadata(state_path)
-  tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+  item = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(item, "tree", None)
+  if not isinstance(tree, dict) or PARAMS_ITEM not in tree:
+    raise CorruptCheckpoint(f"{state_path}: its array metadata cannot be read")
   params_meta = tree[PARAMS_ITEM]
   if abstract_params is None:
     device = jax.devices()[0]
