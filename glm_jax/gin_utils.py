@@ -169,8 +169,8 @@ def _check_gin_file(path: str, search: Sequence[str], seen: set) -> None:
   try:
     statements = list(parser)
   except SyntaxError as e:
-    raise ValueError(f"Gin file {path} line {e.lineno}: {e.msg}: "
-                     f"{(e.text or '').strip()!r}; fix the syntax there.") from None
+    raise ValueError(f"Gin file {path} line {e.lineno}: {e.msg.rstrip('.')} (at "
+                     f"{(e.text or '').strip()!r}); fix the syntax there.") from None
   except tokenize.TokenError:
     line = _unclosed_bracket_line(text)
     where = f" (the bracket opened on line {line})" if line else ""
