@@ -41,6 +41,9 @@ class DecodeConfig:
   top_p: float = 0.0  # 'sample'; 0 or 1 = off
   num_beams: int = 4  # 'beam'
   length_penalty: float = 1.0  # 'beam': score = sum log p / length ** length_penalty
+  # 'beam': whether a finished hypothesis' closing end token counts in that length (the
+  # reference's BeamSearchScorer divides by the tokens before it: False).
+  penalty_counts_end: bool = True
   no_repeat_ngram_size: int = 0  # 0 = off
   stop_at_eos: bool = True  # eos ends a blank like eop (the reference's end tokens)
   max_steps: int = 0  # cap on decode steps over all blanks; 0 = none (benchmarks use it)
@@ -358,7 +361,8 @@ def _decode_beam(params, context, context_length, mask_positions, num_blanks, rn
     cand_out = st["out"][src].at[
         jnp.arange(batch)[:, None], jnp.arange(2 * k)[None, :], new_len - 1].set(token)
     cand_fin = jnp.where(final & (top_score > NEG / 2),
-                         _length_norm(top_score, new_len, dc.length_penalty), NEG)
+                         _length_norm(top_score, new_len - (0 if dc.penalty_counts_end else 1),
+                                      dc.length_penalty), NEG)
     pool_score = jnp.concatenate([fin_score, cand_fin], 1)
     pool_out = jnp.concatenate([fin_out, cand_out], 1)
     pool_len = jnp.concatenate([fin_len, new_len], 1)

@@ -4,8 +4,10 @@ r"""Fill the blanks of prompts with a trained checkpoint and print the filled te
       --text="The capital of France is [MASK]." [--strategy=greedy|sample|beam]
   python -m glm_jax.infer --checkpoint=DIR --input_file=prompts.txt [--output_file=out.txt]
 
-A prompt may hold [MASK], [sMASK] or [gMASK]; without one, [gMASK] is appended and the model
-continues the text. `--input_file` holds one prompt per line (blank lines are skipped). Every
+A prompt may hold [MASK], and for a model trained with task masks [sMASK] or [gMASK]; without
+one, the generation mask ([gMASK], or [MASK] without task masks) is appended and the model
+continues the text. The task-mask flag comes with the checkpoint's vocabulary; --task_mask
+overrides it. `--input_file` holds one prompt per line (blank lines are skipped). Every
 path may be local or gs://. The parameters are restored straight into their shardings on
 `--mesh` (e.g. fsdp:8 for a model that needs eight devices to fit) and decoded under it;
 multi-host: --coordinator_address/--num_processes/--process_id or --multihost_auto.
@@ -36,6 +38,8 @@ flags.DEFINE_integer("no_repeat_ngram_size", 0, "Forbid repeating n-grams of thi
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
 flags.DEFINE_boolean("show_fills", False, "Also print each blank's fill.")
+flags.DEFINE_enum("task_mask", "auto", ["auto", "true", "false"], "Whether the model uses "
+                  "[sMASK]/[gMASK] (auto: as the checkpoint's vocabulary says).")
 distributed.define_flags()
 
 
@@ -86,7 +90,8 @@ def run() -> list:
   return generate_lib.generate(
       prompts, params=params, config=config, vocabulary=vocabulary,
       decode_config=decode_config, seed=FLAGS.seed,
-      batch_size=FLAGS.batch_size, return_fills=True, partitioner=partitioner)
+      batch_size=FLAGS.batch_size, return_fills=True, partitioner=partitioner,
+      task_mask={"auto": None, "true": True, "false": False}[FLAGS.task_mask])
 
 
 def main(argv):

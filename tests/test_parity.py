@@ -176,8 +176,9 @@ def test_shipped_subsets_are_the_shared_numbers():
 
 @pytest.mark.parametrize("args,message", [
     ([], "Name a subcommand first"),
-    (["trajectories"], "Unknown subcommand 'trajectories'; choose one of: trajectory"),
+    (["trajectories"], "Unknown subcommand 'trajectories'; choose one of: inputs, trajectory"),
     (["trajectory", "--name=tiny_a"], "Missing --fixture_dir, --init, --output"),
+    (["inputs", "--output_dir=/tmp/x"], "--fixture_dir, --vocabulary required"),
 ])
 def test_cli_errors_are_one_line(args, message):
   result = run_module("glm_jax.parity", args, timeout=120)

@@ -2,6 +2,7 @@
 
   python -m glm_jax.parity SUBCOMMAND --flag=VALUE ...
   python -m glm_jax.parity trajectory --fixture_dir=DIR --name=NAME --init=MODEL.npz --output=OUT.npz
+  python -m glm_jax.parity inputs --fixture_dir=DIR --output_dir=OUT --vocabulary=wordpiece:PATH
 
 A subcommand is a module with `define_flags()` and `main(argv)`, listed in SUBCOMMANDS; only
 the chosen one's flags are defined. Errors are one `Error: ...` line (glm_jax/gin_utils.py).
@@ -17,6 +18,7 @@ from typing import Optional, Sequence
 # name -> module; each module: define_flags(), main(argv), a one-line docstring summary.
 SUBCOMMANDS = {
     "trajectory": "glm_jax.parity.trajectory",  # our trainer on a reference training run
+    "inputs": "glm_jax.parity.inputs",  # our task inputs on the reference's (glm_protocol)
 }
 
 

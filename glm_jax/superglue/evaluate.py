@@ -25,10 +25,15 @@ from glm_jax import partitioning, paths
 from glm_jax.superglue import inputs
 from glm_jax.superglue import metrics as metrics_lib
 from glm_jax.superglue import patterns
+from glm_jax.superglue import scoring
 from glm_jax.superglue.model import ClozeModel
 
-# Sequence lengths of the reference's fine-tuning scripts; others use `sequence_length`.
-DEFAULT_LENGTHS = {"boolq": 512, "multirc": 512, "record": 512, "wsc": 128}
+# The reference's config_tasks/task_<task>.sh: MAX_SEQ_LEN, and WSC's --loss-func mix
+# --length-penalty 1 (configs/superglue/<task>.gin hold the same; tests check they agree).
+DEFAULT_LENGTHS = {"boolq": 256, "cb": 256, "copa": 256, "multirc": 512, "record": 512,
+                   "rte": 256, "wic": 256, "wsc": 128}
+DEFAULT_LOSSES = {"wsc": "mix"}
+DEFAULT_LENGTH_PENALTIES = {"wsc": 1.0}
 
 
 def _bucket(x: int, multiple: int) -> int:
@@ -50,34 +55,51 @@ def make_score_fn(model: ClozeModel, partitioner=None):
       return jitted(params, partitioner.put_global(batch, "SuperGLUE batch"))
 
   return score
+def _row_length(e, layout: str) -> int:
+  """Tokens the longest row of an encoded example needs in `layout`."""
+  if not e.multi_token:
+    return len(e.part_a) + 1
+  if layout == "shared":
+    return len(e.part_a) + sum(map(len, e.answers))
+  if layout == "generative":
+    return len(e.part_a_of(0)) + len(e.answers[0])
+  return max(len(e.part_a_of(c)) + len(a) for c, a in enumerate(e.answers))
 
 
 def score_task(model: ClozeModel, params, split: inputs.EncodedSplit, *, batch_size: int,
                layout: str = "auto", score_fn=None) -> list:
-  """Candidate scores (lists, one per example, in example order), batched by length."""
+  """Candidate scores (lists, one per example, in example order), batched by length.
+
+  Generative layout: one score per example, 0 when the gold span is the greedy fill.
+  """
   score_fn = score_fn or make_score_fn(model, partitioning.active())
-  order = sorted(range(len(split.encoded)), key=lambda i: len(split.encoded[i].part_a))
+  order = sorted(range(len(split.encoded)), key=lambda i: split.encoded[i].longest_part_a)
   out = [None] * len(order)
   for start in range(0, len(order), batch_size):
     rows = order[start:start + batch_size]
     enc = [split.encoded[i] for i in rows]
-    shared = layout == "shared" and enc[0].multi_token
-    need = max(len(e.part_a) + (sum(map(len, e.answers)) if shared else
-                                max(map(len, e.answers)) if e.multi_token else 1) for e in enc)
-    c = max(len(e.answers) for e in enc)
+    need = max(_row_length(e, layout) for e in enc)
+    c = 1 if layout == "generative" else max(len(e.answers) for e in enc)
     batch = inputs.make_batch(enc, [0] * len(enc), sequence_length=_bucket(need, 64),
                               batch_size=batch_size, num_candidates=2 ** math.ceil(math.log2(c)),
                               layout=layout)
     scores = np.asarray(score_fn(params, batch))
     for r, i in enumerate(rows):
-      out[i] = scores[r, :len(split.encoded[i].answers)].tolist()
+      out[i] = scores[r, :1 if layout == "generative" else len(split.encoded[i].answers)].tolist()
   return out
 
 
-def predictions_of(examples, scores) -> list:
-  """The dataset-valued prediction of each example from its candidate scores."""
+def predictions_of(examples, scores, layout: str = "auto") -> list:
+  """The dataset-valued prediction of each example from its candidate scores.
+
+  WSC: true iff the queried span (candidate 0) scores highest, or, generative, iff it is
+  the greedy fill.
+  """
   preds = []
   for e, s in zip(examples, scores):
+    if layout == "generative":
+      preds.append(bool(s[0] > scoring.INVALID_SCORE / 2))
+      continue
     best = int(np.argmax(s))
     preds.append(best == 0 if e.task == "wsc" else _json_value(e.candidate_values[best]))
   return preds
@@ -87,8 +109,8 @@ def task_metrics(examples, preds) -> Dict[str, float]:
   task = examples[0].task
   if task == "record":
     return metrics_lib.compute(task, preds, [list(e.answers) for e in examples])
-  groups = [(e.idx["paragraph"], e.idx["question"]) for e in examples] if task == "multirc" \
-      else ()
+  # MultiRC exact match groups answer options by question id, as the reference's multirc_em.
+  groups = [e.idx["question"] for e in examples] if task == "multirc" else ()
   return metrics_lib.compute(task, preds, [e.label_value for e in examples], groups)
 
 
@@ -135,17 +157,28 @@ def _check_data(names, split: str, mixture: str, skip_missing: bool) -> None:
         "release, <dir>/<Task>/{train,val,test}.jsonl.")
 
 
+def task_setting(task: str, name: str, task_settings: Optional[dict], default: Any) -> Any:
+  """A task's setting from `task_settings` (configs/superglue dicts), else `default`."""
+  return (task_settings or {}).get(task, {}).get(name, default)
+
+
 @gin.configurable
 def evaluate_superglue(params, config, vocab_spec: str, output_dir: Optional[str] = None, *,
                        mixture_or_task_name: str = "superglue", split: str = "validation",
                        sequence_length: int = 256, task_lengths: Optional[dict] = None,
+                       task_settings: Optional[dict] = None, pattern_id: Optional[int] = None,
                        batch_size: int = 16, layout: str = "auto", vocabulary: Any = None,
+                       wsc_candidates: str = "heuristic",
                        skip_missing: bool = True, check_only: bool = False) -> Dict[str, Any]:
   """Scores every task of a SuperGLUE mixture; returns {task: metrics, 'average': x}.
 
-  Tasks whose data files are missing (e.g. ReCoRD in ../shared/data) are skipped with a
-  warning when skip_missing, else the FileNotFoundError stops the run; no data for any task
-  is an error. `check_only` (glm_jax.eval, before restoring) checks that only.
+  Each task's sequence length, pattern, loss ('generative' WSC changes the prediction) and
+  length penalty come from `task_settings` ({task: {'sequence_length': ..., 'pattern_id':
+  ..., 'loss': ..., 'length_penalty': ...}}, the dicts of configs/superglue/*.gin), else the
+  reference scripts' defaults; `task_lengths` and `pattern_id` (every task; the 10B recipe
+  uses 0) override them. Tasks whose data files are missing (e.g. ReCoRD in ../shared/data)
+  are skipped with a warning when skip_missing, else the FileNotFoundError stops the run; no
+  data for any task is an error. `check_only` (glm_jax.eval, before restoring) checks that.
   """
   from glm_jax.superglue import tasks  # pylint: disable=g-import-not-at-top
   if not output_dir:
@@ -155,13 +188,20 @@ def evaluate_superglue(params, config, vocab_spec: str, output_dir: Optional[str
                 skip_missing)
     return {}
   vocab = inputs.resolve_vocabulary(vocabulary if vocabulary is not None else vocab_spec)
-  lengths = {**DEFAULT_LENGTHS, **(task_lengths or {})}
-  model = ClozeModel(config)
-  score_fn = make_score_fn(model, partitioning.active())
   is_chief = jax.process_index() == 0
   results, skipped = {}, []
   for name in tasks.task_names(mixture_or_task_name):
     task, _ = inputs.parse_task_name(name)
+    length = (task_lengths or {}).get(task) or task_setting(
+        task, "sequence_length", task_settings, DEFAULT_LENGTHS.get(task, sequence_length))
+    settings = inputs.ClozeSettings(
+        pattern_id=pattern_id if pattern_id is not None else task_setting(
+            task, "pattern_id", task_settings, None),
+        loss=task_setting(task, "loss", task_settings, DEFAULT_LOSSES.get(task,
+                                                                          "cross_entropy")),
+        length_penalty=task_setting(task, "length_penalty", task_settings,
+                                    DEFAULT_LENGTH_PENALTIES.get(task, 0.0)),
+        wsc_candidates=wsc_candidates).check_task(task)
     try:
       records = inputs.load_records(name, split)
     except FileNotFoundError as e:
@@ -171,13 +211,13 @@ def evaluate_superglue(params, config, vocab_spec: str, output_dir: Optional[str
       skipped.append(name)
       continue
     start = time.perf_counter()
-    examples = [patterns.render(task, r) for r in records]
-    encoded = inputs.encode_examples(examples, vocab, min(lengths.get(task, sequence_length),
-                                                          config.max_sequence_length),
-                                     shared_candidates=layout == "shared")
-    scores = score_task(model, params, encoded, batch_size=batch_size, layout=layout,
-                        score_fn=score_fn)
-    preds = predictions_of(examples, scores)
+    task_layout = inputs.layout_for(settings, layout)
+    examples = inputs.render_records(task, records, settings)
+    encoded = inputs.encode_examples(examples, vocab, min(length, config.max_sequence_length),
+                                     shared_candidates=task_layout == "shared")
+    model = ClozeModel(config, length_penalty=settings.length_penalty, loss=settings.loss)
+    scores = score_task(model, params, encoded, batch_size=batch_size, layout=task_layout)
+    preds = predictions_of(examples, scores, task_layout)
     if any(e.label_value is None for e in examples):  # unlabeled test split: predictions only
       metrics = {}
     else:
@@ -186,8 +226,9 @@ def evaluate_superglue(params, config, vocab_spec: str, output_dir: Optional[str
     if is_chief:
       write_task(output_dir, task, examples, scores, preds, metrics,
                  {"num_examples": len(examples), "num_truncated": encoded.num_truncated,
-                  "seconds": round(seconds, 2)})
-    logging.info("%s: %s (%d examples, %.1fs)", name, metrics, len(examples), seconds)
+                  "pattern_id": examples[0].pattern_id, "seconds": round(seconds, 2)})
+    logging.info("%s: %s (%d examples, pattern %d, %.1fs)", name, metrics, len(examples),
+                 examples[0].pattern_id, seconds)
     if metrics:
       results[task] = metrics
   if not results and skipped:

@@ -1,7 +1,8 @@
 """SuperGLUE examples from the release JSONL layout, FewGLUE, or TFDS, as flat records.
 
 Every task's examples become flat JSON-able dicts ("records") that `patterns.render` reads:
-MultiRC one record per answer option, ReCoRD one per query, WSC with a candidate list. The
+MultiRC one record per answer option, ReCoRD one per query, WSC with its own `candidates`
+where the file has them (the reference's WSC-negative format) and `heuristic_candidates`. The
 release layout is `<dir>/<Task>/{train,val,test}.jsonl` (the SuperGLUE zips, `SUPERGLUE_DIR`);
 FewGLUE is the same format with only `train.jsonl` (`FEWGLUE_DIR`).
 """
@@ -144,11 +145,6 @@ def check_examples(task: str, lines: List[Tuple[int, dict]], path: str) -> None:
                        "FEWGLUE_DIR at the release.")
 
 
-def clean(text: str) -> str:
-  """Collapses whitespace runs (newlines included) into single spaces."""
-  return re.sub(r"\s+", " ", text).strip()
-
-
 def flatten(task: str, examples: Iterable[dict]) -> List[dict]:
   """Release-format examples -> flat records (MultiRC per answer, ReCoRD per query)."""
   task = check_task(task)
@@ -166,22 +162,20 @@ def flatten(task: str, examples: Iterable[dict]) -> List[dict]:
     out = []
     for ex in examples:
       text = ex["passage"]["text"]
-      entities = []
-      for e in ex["passage"]["entities"]:
-        name = text[e["start"]:e["end"] + 1]
-        if name not in entities:
-          entities.append(name)
+      entities = list(dict.fromkeys(text[e["start"]:e["end"] + 1]
+                                    for e in ex["passage"]["entities"]))  # inclusive ends
       for q in ex["qas"]:
-        answers = []
-        for a in q.get("answers", []):
-          if a["text"] not in answers:
-            answers.append(a["text"])
+        answers = list(dict.fromkeys(a["text"] for a in q.get("answers", [])))
         out.append({"idx": {"passage": ex["idx"], "query": q["idx"]}, "passage": text,
                     "query": q["query"], "entities": entities, "answers": answers})
     return out
   if task == "wsc":
-    out = [{"idx": ex["idx"], "text": ex["text"], "label": ex.get("label"), **ex["target"]}
-           for ex in examples]
+    out = []
+    for ex in examples:
+      record = {"idx": ex["idx"], "text": ex["text"], "label": ex.get("label"), **ex["target"]}
+      if "candidates" in ex:  # WSC-negative: [{"text": ...}, ...], first occurrences kept
+        record["candidates"] = list(dict.fromkeys(c["text"] for c in ex["candidates"]))
+      out.append(record)
     return add_wsc_candidates(out)
   out = []
   for ex in examples:
@@ -211,11 +205,12 @@ def _heuristic_noun_phrases(text: str) -> List[str]:
 
 
 def add_wsc_candidates(records: List[dict]) -> List[dict]:
-  """Adds `candidates` to WSC records: the gold span first, then its rivals.
+  """Adds `heuristic_candidates` to WSC records: rivals of the gold span, for data without
+  candidate lists (the public WSC).
 
   Rivals are the other span1 texts asked about the same pronoun of the same text; when that
-  leaves fewer than two candidates, capitalised word runs and determiner + word phrases of
-  the text are added. At most MAX_WSC_CANDIDATES in all.
+  leaves fewer than two candidates with the gold span, capitalised word runs and determiner +
+  word phrases of the text are added. At most MAX_WSC_CANDIDATES with the gold span.
   """
   groups = collections.defaultdict(list)
   for r in records:
@@ -236,7 +231,7 @@ def add_wsc_candidates(records: List[dict]) -> List[dict]:
     if len(candidates) < 2:
       for phrase in _heuristic_noun_phrases(r["text"]):
         add(phrase)
-    out.append({**r, "candidates": candidates[:MAX_WSC_CANDIDATES]})
+    out.append({**r, "heuristic_candidates": candidates[1:MAX_WSC_CANDIDATES]})
   return out
 
 
