@@ -6,14 +6,20 @@ CHECKPOINT is a MODEL_DIR (its latest step), a step directory or a params-only c
 local or on gs://. Its parameters are restored straight into their shardings on the mesh
 (MESH_DATA / MESH_FSDP / MESH_TENSOR), and every evaluator runs under that mesh
 (`partitioning.active()`); multi-host: --coordinator_address/--num_processes/--process_id
-or --multihost_auto, as glm_jax.train. The evaluator is any callable `evaluator(params, config, vocab_spec, output_dir) -> dict`;
-the default, `infilling_evaluator`, reports loss and blank-infilling token accuracy on a
-task's validation split with the trainer's eval step. SuperGLUE and LM evaluation plug their
-own evaluators in through gin.
+or --multihost_auto, as glm_jax.train. The evaluator is any callable
+`evaluator(params, config, vocab_spec, output_dir) -> dict`; the default,
+`infilling_evaluator`, reports loss and blank-infilling token accuracy on a task's validation
+split with the trainer's eval step. SuperGLUE and LM evaluation plug their own evaluators in
+through gin.
+
+Before the parameters are restored, each evaluator that takes a `check_only` keyword is called
+with `params=None, check_only=True` and the checkpoint's config: it checks its settings and
+data files (one-line errors) and returns {} without work.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Callable, Dict, Optional, Sequence
 
@@ -29,7 +35,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import gin  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 
-from glm_jax import checkpoints, distributed, gin_utils, partitioning, paths  # pylint: disable=g-import-not-at-top
+from glm_jax import checkpoints, distributed, gin_utils, partitioning, paths, settings  # pylint: disable=g-import-not-at-top
 from glm_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 from glm_jax.models import BlankInfillingModel  # pylint: disable=g-import-not-at-top
 
@@ -50,16 +56,30 @@ def infilling_evaluator(params, config, vocab_spec: str, output_dir: str, *,
                         sequence_length: int = 512, batch_size: int = 8,
                         num_batches: Optional[int] = None, input_fn: Optional[Callable] = None,
                         seed: int = 0,
-                        mesh_config: partitioning.MeshConfig = partitioning.MeshConfig()
-                        ) -> Dict[str, float]:
+                        mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
+                        check_only: bool = False) -> Dict[str, float]:
   """Loss and token accuracy of blank infilling on a task split (the trainer's eval step).
 
   Runs on the active partitioner's mesh (glm_jax.eval's), else on one from `mesh_config`; the
   split is tokenized with the checkpoint's vocabulary (`vocab_spec`).
   """
   del output_dir
+  fn = infilling_evaluator
+  settings.check_types(fn, {"mixture_or_task_name": mixture_or_task_name, "split": split,
+                            "sequence_length": sequence_length, "batch_size": batch_size,
+                            "num_batches": num_batches, "seed": seed})
+  from glm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  settings.at_least(fn, "sequence_length", sequence_length, train_lib.MIN_SEQUENCE_LENGTH)
+  if sequence_length > config.max_sequence_length:
+    raise settings.SettingError(
+        f"{settings.setting_name(fn, 'sequence_length')} {sequence_length} exceeds the "
+        f"checkpoint's max_sequence_length {config.max_sequence_length} (its position "
+        "table); lower it.")
+  settings.at_least(fn, "batch_size", batch_size, 1)
+  settings.at_least(fn, "num_batches", num_batches, 1)
+  if check_only:
+    return {}
   if input_fn is None:
-    from glm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
     input_fn = train_lib.task_batches
   model = BlankInfillingModel(config)
   partitioner = partitioning.active() or partitioning.Partitioner(mesh_config)
@@ -87,17 +107,27 @@ def evaluate_checkpoint(*, checkpoint: str = gin.REQUIRED,
   """
   gin_utils.check_required(checkpoint=checkpoint)
   partitioner = partitioning.Partitioner(mesh_config)
+  config, vocab_spec, _ = checkpoints.read_config(checkpoint)
+  output_dir = str(paths.resolve(output_dir or default_output_dir(checkpoint)))
+  fns = list(evaluators) if evaluators else [evaluator]
+  if not fns:
+    raise ValueError("EVALUATORS is empty; list at least one evaluator.")
+  for fn in fns:  # settings and data files, before any work
+    if not callable(fn):
+      raise ValueError(f"EVALUATORS holds {fn!r}, which is not an evaluator; use "
+                       "@module.function references.")
+    if "check_only" in inspect.signature(fn).parameters:
+      fn(None, config, vocab_spec, output_dir, check_only=True)
   params, config, vocab_spec, step = checkpoints.load_sharded_params(checkpoint, partitioner)
   if jax.process_index() == 0:
     print(f"Restored step {step} of {checkpoint} into the mesh "
           f"{partitioning.mesh_text(partitioner.mesh)} ({partitioning.placement(params)}).",
           flush=True)
-  output_dir = str(paths.resolve(output_dir or default_output_dir(checkpoint)))
   if jax.process_index() == 0:
     paths.makedirs(output_dir)
   results = {}
   with partitioner.activate():
-    for fn in (evaluators if evaluators else [evaluator]):
+    for fn in fns:
       for name, value in fn(params, config, vocab_spec, output_dir).items():
         if name in results:
           raise ValueError(f"Two evaluators report {name!r}; give them distinct metric names.")
@@ -116,12 +146,9 @@ def evaluate_checkpoint(*, checkpoint: str = gin.REQUIRED,
 
 def main(argv):
   gin_utils.begin_cli(argv, "--gin_file, --gin.NAME=VALUE")
-  try:
-    distributed.initialize()
-    gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
-    evaluate_checkpoint()  # pylint: disable=no-value-for-parameter
-  except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
-    gin_utils.exit_with_error(e)
+  distributed.initialize()
+  gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+  evaluate_checkpoint()  # pylint: disable=no-value-for-parameter
 
 
 def cli():

@@ -15,11 +15,9 @@ multi-host: --coordinator_address/--num_processes/--process_id or --multihost_au
 
 from __future__ import annotations
 
-import sys
+from absl import flags, logging  # pylint: disable=g-multiple-import
 
-from absl import app, flags, logging  # pylint: disable=g-multiple-import
-
-from glm_jax import distributed, host_memory, paths
+from glm_jax import distributed, gin_utils, host_memory, paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (trainer output or convert).")
@@ -54,7 +52,12 @@ def read_prompts() -> list:
   path = paths.resolve(FLAGS.input_file)
   if not path.is_file():
     raise FileNotFoundError(f"--input_file={FLAGS.input_file} does not exist.")
-  prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+  try:
+    text = path.read_text(encoding="utf-8")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"--input_file={FLAGS.input_file} is not UTF-8 text ({e.reason} at byte "
+                     f"{e.start}); pass a text file with one prompt per line.") from None
+  prompts = [line for line in text.splitlines() if line.strip()]
   if not prompts:
     raise ValueError(f"--input_file={FLAGS.input_file} has no prompts (one per line).")
   return prompts
@@ -69,29 +72,32 @@ def run() -> list:
   if not paths.resolve(FLAGS.checkpoint).exists():
     raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint} does not exist.")
   prompts = read_prompts()
+  from glm_jax import decoding  # pylint: disable=g-import-not-at-top
+  try:  # every decoding flag is checked before the checkpoint is read
+    decode_config = decoding.DecodeConfig(
+        strategy=FLAGS.strategy, max_new_tokens=FLAGS.max_new_tokens,
+        min_length=FLAGS.min_length, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+        top_p=FLAGS.top_p, num_beams=FLAGS.num_beams, length_penalty=FLAGS.length_penalty,
+        no_repeat_ngram_size=FLAGS.no_repeat_ngram_size)
+  except ValueError as e:
+    raise ValueError(f"--{e}") from None
+  if FLAGS.batch_size < 1:
+    raise ValueError(f"--batch_size must be at least 1, got {FLAGS.batch_size}.")
   mesh_config = parse_mesh(FLAGS.mesh) if FLAGS.mesh else partitioning.MeshConfig()
   partitioner = partitioning.Partitioner(mesh_config)
   params, config, vocabulary = generate_lib.load(FLAGS.checkpoint, partitioner)
   logging.info("Filling %d prompt(s) with %s decoding.", len(prompts), FLAGS.strategy)
   return generate_lib.generate(
-      prompts, params=params, config=config, vocabulary=vocabulary, strategy=FLAGS.strategy,
-      max_new_tokens=FLAGS.max_new_tokens, min_length=FLAGS.min_length,
-      temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-      num_beams=FLAGS.num_beams, length_penalty=FLAGS.length_penalty,
-      no_repeat_ngram_size=FLAGS.no_repeat_ngram_size, seed=FLAGS.seed,
+      prompts, params=params, config=config, vocabulary=vocabulary,
+      decode_config=decode_config, seed=FLAGS.seed,
       batch_size=FLAGS.batch_size, return_fills=True, partitioner=partitioner,
       task_mask={"auto": None, "true": True, "false": False}[FLAGS.task_mask])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    distributed.initialize()
-    results = run()
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  gin_utils.begin_cli(argv, "--checkpoint, --text, --input_file")
+  distributed.initialize()
+  results = run()
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:  # every process decoded the same prompts
     return
@@ -108,4 +114,4 @@ def main(argv):
 
 if __name__ == "__main__":
   host_memory.reexec_with_tuned_malloc()
-  app.run(main)
+  gin_utils.run(main)

@@ -75,6 +75,17 @@ class GLMConfig:
   initializer_std: float = 0.02
 
   def __post_init__(self):
+    from glm_jax import settings  # pylint: disable=g-import-not-at-top
+    cls = type(self)
+    settings.check_types(cls, dataclasses.asdict(self))
+    for name in ("vocab_size", "num_layers", "hidden_size", "num_heads", "ffn_size",
+                 "max_sequence_length"):
+      settings.at_least(cls, name, getattr(self, name), 1)
+    for name in ("embedding_dropout", "attention_dropout", "hidden_dropout"):
+      settings.in_range(cls, name, getattr(self, name), 0.0, 1.0)
+    settings.in_range(cls, "layernorm_epsilon", self.layernorm_epsilon, 0.0, math.inf,
+                      low_open=True)
+    settings.in_range(cls, "initializer_std", self.initializer_std, 0.0, math.inf)
     if self.hidden_size % self.num_heads:
       raise ValueError(
           f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; "

@@ -12,6 +12,7 @@ optimizer's update count (0 for the first update); two conventions (docs/trainin
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple
 
 import gin
@@ -112,6 +113,22 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def _check_settings(values: dict) -> None:
+  """Types and ranges of create_optimizer's settings (one line naming the macro)."""
+  from glm_jax import settings  # pylint: disable=g-import-not-at-top
+  fn = create_optimizer
+  settings.check_types(fn, {k: v for k, v in values.items() if k != "weight_decay_mask"})
+  settings.in_range(fn, "learning_rate", values["learning_rate"], 0.0, math.inf)
+  settings.at_least(fn, "decay_steps", values["decay_steps"], 1)
+  settings.in_range(fn, "warmup_fraction", values["warmup_fraction"], 0.0, 1.0,
+                    high_open=False)
+  settings.in_range(fn, "final_fraction", values["final_fraction"], 0.0, 1.0, high_open=False)
+  for name in ("b1", "b2"):
+    settings.in_range(fn, name, values[name], 0.0, 1.0)
+  settings.in_range(fn, "eps", values["eps"], 0.0, math.inf, low_open=True)
+  settings.in_range(fn, "weight_decay", values["weight_decay"], 0.0, math.inf)
+
+
 @gin.configurable
 def create_optimizer(*, total_steps: Optional[int] = None, learning_rate: float = 4e-4,
                      warmup_steps: int = 0, warmup_fraction: Optional[float] = None,
@@ -126,6 +143,7 @@ def create_optimizer(*, total_steps: Optional[int] = None, learning_rate: float 
   `warmup_fraction` (the reference's --warmup) sets the warmup to that fraction of the decay
   steps, in place of `warmup_steps`. Clipping is the trainer's (Trainer.clip_norm).
   """
+  _check_settings(dict(locals()))
   decay_steps = decay_steps if decay_steps is not None else total_steps
   if warmup_fraction is not None:
     if decay_steps is None:

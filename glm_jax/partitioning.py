@@ -57,6 +57,8 @@ class MeshConfig:
   tensor: int = 1
 
   def shape(self, num_devices: int) -> Tuple[int, int, int]:
+    from glm_jax import settings  # pylint: disable=g-import-not-at-top
+    settings.check_types(MeshConfig, dataclasses.asdict(self))
     sizes = [self.data, self.fsdp, self.tensor]
     if any(s == 0 or s < -1 for s in sizes):
       raise ValueError(f"Mesh axis sizes must be positive or -1, got data={self.data}, "

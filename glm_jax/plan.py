@@ -509,6 +509,9 @@ def _hardware() -> Optional[Hardware]:
 
 def run_plan() -> Dict[str, Any]:
   """The CLI without flag parsing: gin -> model, mesh, shapes -> report."""
+  for name in ("batch_size", "seq_len", "microbatches", "num_devices"):
+    if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
+      raise ValueError(f"--{name} must be at least 1, got {getattr(FLAGS, name)}.")
   gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
   if FLAGS.mesh:
     mesh_config = parse_mesh(FLAGS.mesh)
@@ -559,10 +562,7 @@ def _platform(config) -> Optional[str]:
 
 def main(argv):
   gin_utils.begin_cli(argv, "--gin_file, --mesh, --batch_size")
-  try:
-    report = run_plan()
-  except (ValueError, FileNotFoundError, TypeError) as e:
-    gin_utils.exit_with_error(e)
+  report = run_plan()
   text = json.dumps(report, indent=2, sort_keys=True)
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:

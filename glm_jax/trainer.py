@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Dict, Optional
 
 import flax
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 import optax
 
-from glm_jax import optim, partitioning
+from glm_jax import optim, partitioning, settings
 from glm_jax.models import BaseModel
 
 NAN_ACTIONS = ("skip", "stop")
@@ -56,6 +57,11 @@ class Trainer:
                loss_normalization: str = "tokens", microbatch_clip: str = "accumulated"):
     if nan_action not in NAN_ACTIONS:
       raise ValueError(f"nan_action must be one of {NAN_ACTIONS}, got {nan_action!r}.")
+    settings.check_types(Trainer, {"clip_norm": clip_norm, "clip_eps": clip_eps,
+                                   "loss_normalization": loss_normalization,
+                                   "microbatch_clip": microbatch_clip})
+    settings.in_range(Trainer, "clip_norm", clip_norm, 0.0, math.inf, low_open=True)
+    settings.in_range(Trainer, "clip_eps", clip_eps, 0.0, math.inf)
     if num_microbatches < 1:
       raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}.")
     if loss_normalization not in LOSS_NORMALIZATIONS:
@@ -136,6 +142,11 @@ class Trainer:
   def eval_step(self, params, batch) -> Dict[str, tuple]:
     """{name: (numerator, denominator)} of one global evaluation batch."""
     return self._eval_step(params, batch)
+
+  def eval_metric_names(self, batch) -> list:
+    """The names `evaluate` reports ('eval/<metric>') for batches like `batch` (no compute)."""
+    shapes = self._traced(jax.eval_shape, self.model.eval_fn, self.abstract_state.params, batch)
+    return sorted(f"eval/{name}" for name in shapes)
 
   def _init_fn(self, rng):
     params = self.model.init_params(rng)

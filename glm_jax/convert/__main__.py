@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import sys
 
-from absl import app, flags  # pylint: disable=g-multiple-import
+from absl import flags
 
 _OFFICIAL = flags.DEFINE_string(
     "official", None, "Checkpoint to import: a reference / DeepSpeed run or step folder, a "
@@ -83,19 +83,20 @@ def _export() -> None:
 def main(argv) -> None:
   from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
   gin_utils.begin_cli(argv, "--official, --output_dir, --vocabulary")
-  try:
-    if bool(_OFFICIAL.value) == bool(_CHECKPOINT.value):
-      raise ValueError("Pass --official=PATH (import into glm_jax) or --checkpoint=CKPT with "
-                       "--hf_output_dir=DIR (export to the Hugging Face layout), not both.")
-    if _OFFICIAL.value:
-      _import()
-    elif not _HF_OUTPUT_DIR.value:
-      raise ValueError("--hf_output_dir is required with --checkpoint; pass where to write.")
-    else:
-      _export()
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    gin_utils.exit_with_error(e)
+  if bool(_OFFICIAL.value) == bool(_CHECKPOINT.value):
+    raise ValueError("Pass --official=PATH (import into glm_jax) or --checkpoint=CKPT with "
+                     "--hf_output_dir=DIR (export to the Hugging Face layout), not both.")
+  if _NUM_HEADS.value is not None and _NUM_HEADS.value < 1:
+    raise ValueError(f"--num_heads must be a positive integer, got {_NUM_HEADS.value}; pass the "
+                     "checkpoint's attention head count.")
+  if _OFFICIAL.value:
+    _import()
+  elif not _HF_OUTPUT_DIR.value:
+    raise ValueError("--hf_output_dir is required with --checkpoint; pass where to write.")
+  else:
+    _export()
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.run(main)

@@ -20,11 +20,11 @@ import json
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from glm_jax import gin_utils
 from glm_jax.data import objectives
 from glm_jax.data import samples
 from glm_jax.data import source as source_lib
@@ -205,23 +205,22 @@ def show_examples(task_name: str, split: str, num_examples: int, sequence_length
 
 
 def main(argv):
-  del argv
+  gin_utils.begin_cli(argv, "--task, --split, --num_examples")
   if not _TASK.value:
-    print("inspect: pass --task=NAME (e.g. --task=glm_builtin).", file=sys.stderr)
-    sys.exit(2)
-  try:
-    options = dict(vocabulary=_VOCABULARY.value, data_dir=_DATA_DIR.value)
-    if _STATS.value > 0:
-      print(json.dumps(stats(_TASK.value, _SPLIT.value, _STATS.value, _SEQUENCE_LENGTH.value,
-                             _SEED.value, _OBJECTIVE.value, **options), sort_keys=True))
-    else:
-      print(show_examples(_TASK.value, _SPLIT.value, _NUM_EXAMPLES.value,
-                          _SEQUENCE_LENGTH.value, _SEED.value, _OBJECTIVE.value, _START.value,
-                          **options))
-  except (ValueError, FileNotFoundError) as e:
-    print(f"inspect: {e}", file=sys.stderr)
-    sys.exit(1)
+    raise ValueError("Pass --task=NAME (e.g. --task=glm_builtin).")
+  if (_SEQUENCE_LENGTH.value < 8 or _NUM_EXAMPLES.value < 0 or _STATS.value < 0
+      or _START.value < 0):
+    raise ValueError("--sequence_length must be at least 8 and --num_examples / --stats / "
+                     "--start not negative.")
+  options = dict(vocabulary=_VOCABULARY.value, data_dir=_DATA_DIR.value)
+  if _STATS.value > 0:
+    print(json.dumps(stats(_TASK.value, _SPLIT.value, _STATS.value, _SEQUENCE_LENGTH.value,
+                           _SEED.value, _OBJECTIVE.value, **options), sort_keys=True))
+  else:
+    print(show_examples(_TASK.value, _SPLIT.value, _NUM_EXAMPLES.value,
+                        _SEQUENCE_LENGTH.value, _SEED.value, _OBJECTIVE.value, _START.value,
+                        **options))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  gin_utils.run(main)

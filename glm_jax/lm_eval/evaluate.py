@@ -81,6 +81,14 @@ def _is_wordpiece(vocabulary) -> bool:
   return isinstance(vocabulary, vocab_lib.WordPieceVocabulary)
 
 
+def _check_file(path: str, macro: str) -> dict:
+  """{} when `path` (set by the gin macro `macro`) is a file (glm_jax.eval's check_only)."""
+  if not path or not paths.resolve(path).is_file():
+    raise FileNotFoundError(f"{macro} {path!r} does not exist; set --gin.{macro}=PATH to the "
+                            "evaluation file.")
+  return {}
+
+
 def _write(output_dir, name: str, metrics: dict) -> None:
   if output_dir and jax.process_index() == 0:
     paths.write_json(paths.resolve(output_dir) / f"{name}.json", metrics)
@@ -90,8 +98,10 @@ def _write(output_dir, name: str, metrics: dict) -> None:
 @gin.configurable
 def lambada(params, config, vocab_spec, output_dir, *, path: str = gin.REQUIRED,
             bidirectional: bool = True, sequence_length: int = lambada_lib.SEQUENCE_LENGTH,
-            batch_size: int = 16, max_examples: int = 0) -> dict:
+            batch_size: int = 16, max_examples: int = 0, check_only: bool = False) -> dict:
   """LAMBADA accuracy (every answer token the argmax) and the answers' token perplexity."""
+  if check_only:
+    return _check_file(path, "LAMBADA_PATH")
   vocabulary = _vocabulary(vocab_spec)
   special = task_mask_lib.special_tokens(vocabulary)
   passages = lambada_lib.read(path)
@@ -133,13 +143,16 @@ def wikitext(params, config, vocab_spec, output_dir, *, directory: str = gin.REQ
              split: str = "test", sequence_length: int = wikitext_lib.SEQUENCE_LENGTH,
              overlap: int = wikitext_lib.OVERLAP, variants: Sequence[str] = ("bi", "uni"),
              convention: str = "glm_jax", batch_size: int = 8, max_tokens: int = 0,
-             name: str = "wikitext2") -> dict:
+             name: str = "wikitext2", check_only: bool = False) -> dict:
   """Token- and word-level perplexity, bidirectional and/or unidirectional.
 
   Word perplexity = exp(total loss / (num_original_tokens - 1)), the reference's
   "adjusted ppl"; token perplexity = exp(total loss / (L - 1)).
   """
   wikitext_lib.check_convention(convention)
+  if check_only:
+    _wikitext_length(sequence_length, convention, config)
+    return _check_file(wikitext_lib.split_path(directory, split), "WIKITEXT_DIR")
   vocabulary = _vocabulary(vocab_spec)
   special = task_mask_lib.special_tokens(vocabulary)
   raw = wikitext_lib.read(wikitext_lib.split_path(directory, split))
@@ -179,8 +192,11 @@ XSUM_DECODING = decoding.DecodeConfig(
 def xsum(params, config, vocab_spec, output_dir, *, path: str = gin.REQUIRED,
          split: str = "validation", num_examples: int = 0,
          source_length: int = xsum_lib.SOURCE_LENGTH,
-         decode_config: decoding.DecodeConfig = XSUM_DECODING, batch_size: int = 4) -> dict:
+         decode_config: decoding.DecodeConfig = XSUM_DECODING, batch_size: int = 4,
+         check_only: bool = False) -> dict:
   """Beam-search summaries of the blank and their ROUGE as the reference computes it."""
+  if check_only:
+    return _check_file(path, "XSUM_PATH")
   vocabulary = _vocabulary(vocab_spec)
   special = task_mask_lib.special_tokens(vocabulary)
   pairs = xsum_lib.read(path, split)

@@ -331,7 +331,7 @@ def main(argv):
     print(format_rows(FLAGS.name, rows, steps) + f"\nWrote {FLAGS.output}.", flush=True)
     failed = [r["quantity"] for r in rows if not r["ok"]]
     if failed and FLAGS.check:
-      raise ValueError(f"Trajectory {FLAGS.name} is outside the tolerances in "
+      raise gin_utils.RunFault(f"Trajectory {FLAGS.name} is outside the tolerances in "
                        f"{', '.join(failed)} (table above).")
   except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError, TypeError,
           ImportError, KeyError) as e:

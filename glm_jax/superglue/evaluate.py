@@ -136,6 +136,27 @@ def format_table(results: Dict[str, Dict[str, float]], average: float) -> str:
   return "\n".join(lines)
 
 
+def _check_data(names, split: str, mixture: str, skip_missing: bool) -> None:
+  """FileNotFoundError when no task of `names` (or, without skip_missing, one) has data."""
+  from glm_jax.superglue import sources  # pylint: disable=g-import-not-at-top
+  missing = []
+  for name in names:
+    task, source = inputs.parse_task_name(name)
+    if source == "tfds":
+      return  # TFDS finds (or downloads) its own data
+    try:
+      sources.records_path(task, split, source)
+    except (FileNotFoundError, ValueError) as e:
+      if not skip_missing:
+        raise
+      missing.append(str(e).split(";")[0])
+  if missing and len(missing) == len(list(names)):
+    raise FileNotFoundError(
+        f"No SuperGLUE data for {mixture!r} ({split}): {missing[0]} (and "
+        f"{len(missing) - 1} more); set --gin.SUPERGLUE_DIR (and FEWGLUE_DIR) to the unzipped "
+        "release, <dir>/<Task>/{train,val,test}.jsonl.")
+
+
 def task_setting(task: str, name: str, task_settings: Optional[dict], default: Any) -> Any:
   """A task's setting from `task_settings` (configs/superglue dicts), else `default`."""
   return (task_settings or {}).get(task, {}).get(name, default)
@@ -148,7 +169,7 @@ def evaluate_superglue(params, config, vocab_spec: str, output_dir: Optional[str
                        task_settings: Optional[dict] = None, pattern_id: Optional[int] = None,
                        batch_size: int = 16, layout: str = "auto", vocabulary: Any = None,
                        wsc_candidates: str = "heuristic",
-                       skip_missing: bool = True) -> Dict[str, Any]:
+                       skip_missing: bool = True, check_only: bool = False) -> Dict[str, Any]:
   """Scores every task of a SuperGLUE mixture; returns {task: metrics, 'average': x}.
 
   Each task's sequence length, pattern, loss ('generative' WSC changes the prediction) and
@@ -156,11 +177,16 @@ def evaluate_superglue(params, config, vocab_spec: str, output_dir: Optional[str
   ..., 'loss': ..., 'length_penalty': ...}}, the dicts of configs/superglue/*.gin), else the
   reference scripts' defaults; `task_lengths` and `pattern_id` (every task; the 10B recipe
   uses 0) override them. Tasks whose data files are missing (e.g. ReCoRD in ../shared/data)
-  are skipped with a warning when skip_missing, else the FileNotFoundError stops the run.
+  are skipped with a warning when skip_missing, else the FileNotFoundError stops the run; no
+  data for any task is an error. `check_only` (glm_jax.eval, before restoring) checks that.
   """
   from glm_jax.superglue import tasks  # pylint: disable=g-import-not-at-top
   if not output_dir:
     raise ValueError("The SuperGLUE evaluator needs an output directory; set OUTPUT_DIR.")
+  if check_only:
+    _check_data(tasks.task_names(mixture_or_task_name), split, mixture_or_task_name,
+                skip_missing)
+    return {}
   vocab = inputs.resolve_vocabulary(vocabulary if vocabulary is not None else vocab_spec)
   is_chief = jax.process_index() == 0
   results, skipped = {}, []
@@ -205,6 +231,8 @@ def evaluate_superglue(params, config, vocab_spec: str, output_dir: Optional[str
                  examples[0].pattern_id, seconds)
     if metrics:
       results[task] = metrics
+  if not results and skipped:
+    _check_data(skipped, split, mixture_or_task_name, skip_missing)
   average = metrics_lib.superglue_average(results) if results else float("nan")
   table = format_table(results, average)
   if skipped:

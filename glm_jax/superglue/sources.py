@@ -13,7 +13,7 @@ import collections
 import json
 import os
 import re
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import gin
 
@@ -77,8 +77,72 @@ def jsonl_path(data_dir: Optional[str], task: str, split: str) -> str:
   return path
 
 
+# Fields every release example of a task has (dotted: nested); labels are absent from test
+# files. A missing one stops reading with the file and line named.
+REQUIRED_FIELDS = {
+    "boolq": ("idx", "question", "passage"), "cb": ("idx", "premise", "hypothesis"),
+    "copa": ("idx", "premise", "choice1", "choice2", "question"),
+    "multirc": ("idx", "passage.text", "passage.questions"),
+    "record": ("idx", "passage.text", "passage.entities", "qas"),
+    "rte": ("idx", "premise", "hypothesis"), "wic": ("idx", "word", "sentence1", "sentence2"),
+    "wsc": ("idx", "text", "target.span1_text", "target.span2_text", "target.span1_index",
+            "target.span2_index"),
+}
+
+
 def read_jsonl(path: str) -> List[dict]:
-  return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
+  """The JSON objects of a JSONL file; a line that is not one fails naming file and line."""
+  return [example for _, example in read_jsonl_lines(path)]
+
+
+def read_jsonl_lines(path: str) -> List[Tuple[int, dict]]:
+  """(line number, object) of each non-blank line of a JSONL file (ValueError naming a bad
+  line)."""
+  try:
+    text = paths.read_text(path)
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); pass the "
+                     "release's JSONL file.") from None
+  out = []
+  for number, line in enumerate(text.splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      value = json.loads(line)
+    except ValueError as e:
+      raise ValueError(f"{path} line {number} is not valid JSON ({e}); fix or remove that "
+                       "line.") from None
+    if not isinstance(value, dict):
+      raise ValueError(f"{path} line {number} is a JSON {type(value).__name__}, not an "
+                       "example object; fix or remove that line.")
+    out.append((number, value))
+  return out
+
+
+def _missing_field(example: dict, fields) -> Optional[str]:
+  for field in fields:
+    value = example
+    for part in field.split("."):
+      if not isinstance(value, dict) or part not in value:
+        return field
+      value = value[part]
+  return None
+
+
+def check_examples(task: str, lines: List[Tuple[int, dict]], path: str) -> None:
+  """Every example has its task's fields and flattens; else ValueError naming file and line."""
+  task = check_task(task)
+  for number, example in lines:
+    missing = _missing_field(example, REQUIRED_FIELDS[task])
+    if missing is None:
+      try:
+        flatten(task, [example])
+      except (KeyError, TypeError, IndexError, AttributeError) as e:
+        missing = f"{type(e).__name__} {e} in a nested field"
+    if missing is not None:
+      raise ValueError(f"{path} line {number}: the example lacks {missing!r}, which every "
+                       f"{TASK_DIRS[task]} example has; fix that line, or point SUPERGLUE_DIR / "
+                       "FEWGLUE_DIR at the release.")
 
 
 def flatten(task: str, examples: Iterable[dict]) -> List[dict]:
@@ -173,7 +237,19 @@ def add_wsc_candidates(records: List[dict]) -> List[dict]:
 
 def load_jsonl_records(task: str, split: str, data_dir: Optional[str]) -> List[dict]:
   """Flat records of one task and split from the release JSONL layout."""
-  return flatten(task, read_jsonl(jsonl_path(data_dir, task, split)))
+  path = jsonl_path(data_dir, task, split)
+  lines = read_jsonl_lines(path)
+  check_examples(task, lines, path)
+  return flatten(task, [example for _, example in lines])
+
+
+def records_path(task: str, split: str, source: str = "superglue") -> str:
+  """The file load_records(task, split, source) reads (FileNotFoundError when missing)."""
+  dirs = data_dirs()
+  if source not in ("superglue", "fewglue"):
+    raise ValueError(f"Unknown source {source!r}; use 'superglue' or 'fewglue'.")
+  directory = dirs["fewglue"] if source == "fewglue" and split == "train" else dirs["superglue"]
+  return jsonl_path(directory, task, split)
 
 
 @gin.configurable

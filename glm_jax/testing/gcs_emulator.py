@@ -21,6 +21,10 @@ The server is the `gcp-storage-emulator` package (the GCS JSON API over plain HT
   `GOOGLE_AUTH_TOKEN_FOR_TESTING` skips OAuth; `no_proxy=127.0.0.1,localhost` keeps every
   other local connection (the emulator itself, jax.distributed's coordinator) direct.
 - google-cloud-storage and gcsfs (not used by glm_jax): `STORAGE_EMULATOR_HOST`.
+
+Writes honour GCS's generation preconditions (`ifGenerationMatch`, `ifGenerationNotMatch`:
+412 when they fail), which the package ignores: the MODEL_DIR lock (glm_jax/run_lock.py) and
+OCDBT's manifests rely on them.
 """
 
 from __future__ import annotations
@@ -111,13 +115,52 @@ def _with_generation(handler):
   return read
 
 
+def _with_preconditions(handler, object_name):
+  """A write handler that honours `ifGenerationMatch` / `ifGenerationNotMatch`, as GCS does.
+
+  A condition that fails answers 412 and changes nothing (generation 0: the object must not
+  exist). tensorstore's conditional writes (glm_jax/run_lock.py, OCDBT manifests) rely on
+  it; the package ignores both parameters. The server handles one request at a time, so the
+  check and the write are atomic.
+  """
+
+  def write(request, response, storage, *args, **kwargs):
+    match = request.query.get("ifGenerationMatch")
+    not_match = request.query.get("ifGenerationNotMatch")
+    if match or not_match:
+      try:
+        name = object_name(request)
+        current = storage.get_file_obj(request.params["bucket_name"], name)["generation"]
+      except Exception:  # pylint: disable=broad-except
+        current = "0"
+      if (match and match[0] != current) or (not_match and not_match[0] == current):
+        response.status = http.HTTPStatus.PRECONDITION_FAILED
+        response.json({"error": {"code": 412, "message": "Precondition Failed",
+                                 "errors": [{"reason": "conditionNotMet"}]}})
+        return None
+    return handler(request, response, storage, *args, **kwargs)
+
+  write.wrapped = handler
+  return write
+
+
+def _upload_name(request):
+  if "name" in request.query:
+    return request.query["name"][0]
+  data = request.data if isinstance(request.data, dict) else {}
+  return (data.get("meta") or data).get("name")
+
+
 _FIXED = {}
 
 
 def _install_fixes() -> None:
-  """Uploads through _insert, reads with generation headers (this process's emulator only)."""
+  """Uploads through _insert, reads with generation headers, writes with preconditions (this
+  process's emulator only)."""
   if not _FIXED:
-    _FIXED.update({emulator_objects.insert: _insert,
+    _FIXED.update({emulator_objects.insert: _with_preconditions(_insert, _upload_name),
+                   emulator_objects.delete: _with_preconditions(
+                       emulator_objects.delete, lambda r: r.params["object_id"]),
                    emulator_objects.get: _with_generation(emulator_objects.get),
                    emulator_objects.download: _with_generation(emulator_objects.download)})
     emulator_server.HANDLERS = tuple(
@@ -356,8 +399,15 @@ def export_lines(env: Dict[str, str]) -> List[str]:
   return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with a bad argument as one `Error:` line (exit 2), the style of every CLI."""
+
+  def error(self, message):
+    self.exit(2, f"Error: {message} (see --help).\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="python -m glm_jax.testing.gcs_emulator",
       description="A local GCS (gcp-storage-emulator) with the wiring of tensorstore, "
                   "TensorFlow gfile and the GCS SDKs; prints the exports, then serves.")
@@ -373,9 +423,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     emulator.start()
   except OSError as e:
-    print(f"Error: cannot listen on {HOST}:{args.port} or its proxy port ({e.strerror}); "
-          "pick free ports with --port / --proxy_port.", file=sys.stderr)
-    return 1
+    print(f"Error: cannot listen on {HOST}:{args.port} or its proxy port, or write --root "
+          f"({e.strerror}); pick free ports with --port / --proxy_port and a writable --root.",
+          file=sys.stderr)
+    return 2
   for line in export_lines(emulator.env):
     print(line)
   print(f"# GCS emulator on {HOST}:{emulator.port} (buckets: {', '.join(emulator.buckets)}), "
