@@ -357,12 +357,19 @@ def _late_callback(error: BaseException) -> bool:
   return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
 
+def _abandoned_orbax_read(unraisable) -> bool:
+  """An orbax read coroutine finalised after its restore already failed (reported once)."""
+  code = getattr(unraisable.object, "cr_code", None)
+  return code is not None and "orbax" in code.co_filename
+
+
 def quiet_late_callbacks() -> None:
   """Drops the tracebacks of tensorstore callbacks reaching a closed asyncio loop.
 
   When a checkpoint write fails (a full disk), tensorstore's futures still complete and call
   into orbax's closed event loop, and each prints `RuntimeError: Event loop is closed` (through
   sys.excepthook or sys.unraisablehook): hundreds of lines that hide the one that matters.
+  Orbax's read coroutines of a restore that failed are finalised the same way.
   """
   previous_hook, previous_unraisable = sys.excepthook, sys.unraisablehook
 
@@ -371,7 +378,7 @@ def quiet_late_callbacks() -> None:
       previous_hook(kind, value, tb)
 
   def unraisablehook(unraisable):
-    if not _late_callback(unraisable.exc_value):
+    if not (_late_callback(unraisable.exc_value) or _abandoned_orbax_read(unraisable)):
       previous_unraisable(unraisable)
 
   sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
