@@ -122,12 +122,17 @@ def default_vocabulary(init_checkpoint: Optional[str] = None) -> str:
 
 def check_vocabulary(vocab_spec: str, config, init_checkpoint: Optional[str] = None,
                      model_dir: Optional[str] = None) -> None:
-  """Stops a run whose VOCABULARY does not fit the model or its checkpoints (one line each)."""
+  """Stops a run whose VOCABULARY does not load or fit the model or its checkpoints (one line)."""
   if vocab_spec == SYNTHETIC_VOCABULARY:
     return
   from glm_jax.data import prepared  # pylint: disable=g-import-not-at-top
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  size = vocab_lib.get_vocabulary(vocab_spec).vocab_size
+  try:
+    size = vocab_lib.describe(vocab_spec).padded_vocab_size
+  except (ValueError, OSError) as e:
+    raise settings.SettingError(
+        f"{settings.setting_name(train, 'vocab_spec')} {vocab_spec!r} cannot be loaded "
+        f"({gin_utils.one_line(e)})") from None
   if size > config.vocab_size:
     raise ValueError(f"VOCABULARY {vocab_spec!r} has {size} ids (padded) but "
                      f"GLMConfig.vocab_size is {config.vocab_size}; use the model's vocabulary "
@@ -237,9 +242,9 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
     logging.warning("KEEP_BEST_METRIC %s is ignored: periodic evaluation is off "
                     "(EVAL_PERIOD = 0).", keep_best_metric)
     keep_best_metric = None
-  _check_vocabulary(vocab_spec, train_input)
   if init_checkpoint:
     _check_init_checkpoint(init_checkpoint, model.config)
+  checkpoints.check_same_run(model_dir, model.config, vocab_spec)  # another run: untouched
   check_vocabulary(vocab_spec, model.config, init_checkpoint, model_dir)
   partitioner = partitioner or partitioning.Partitioner(mesh_config, logical_rules)
   partitioner.check_batch_size(batch_size, num_microbatches)
@@ -262,7 +267,6 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
         raise settings.SettingError(
             f"{settings.setting_name(train, 'keep_best_metric')} {keep_best_metric!r} is not a "
             f"metric of the evaluation; choose one of {', '.join(names)}.")
-  checkpoints.check_same_run(model_dir, model.config, vocab_spec)
   created = not paths.resolve(model_dir).exists()
   lock = _lock_model_dir(model_dir)
   try:
@@ -301,19 +305,6 @@ def _check_settings(values: dict, config) -> None:
         f"max_sequence_length {config.max_sequence_length} (its position table); lower it.")
   settings.one_of(train, "nan_action", values["nan_action"], trainer_lib.NAN_ACTIONS)
   settings.one_of(train, "best_mode", values["best_mode"], ("max", "min"))
-
-
-def _check_vocabulary(vocab_spec: str, train_input: Callable) -> None:
-  """VOCABULARY must name a vocabulary that loads (synthetic batches need none)."""
-  if train_input is synthetic_batches:
-    return
-  from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  try:
-    vocab_lib.describe(vocab_spec)
-  except (ValueError, OSError) as e:
-    raise settings.SettingError(
-        f"{settings.setting_name(train, 'vocab_spec')} {vocab_spec!r} cannot be loaded "
-        f"({gin_utils.one_line(e)})") from None
 
 
 def _check_init_checkpoint(init_checkpoint: str, config) -> None:

@@ -390,7 +390,7 @@ def test_resume_survives_a_corrupt_step_and_a_damaged_log(tmp_path):
 
   before = _listing(run)
   for binding, named in (("model.GLMConfig.hidden_size = 64", "hidden_size 32 (saved) vs 64"),
-                         ("VOCABULARY = 'other'", "vocabulary 'synthetic' (saved) vs 'other'")):
+                         ("VOCABULARY = 'builtin'", "vocabulary 'synthetic' (saved) vs 'builtin'")):
     result = _train(gin_file, run, f"--gin_bindings={binding}")
     assert result.returncode == 2
     line = _error_line(result)

@@ -268,7 +268,7 @@ def test_prepared_corpus_kill_9_then_resume_is_bitwise_identical(prepared_refere
 
 
 def _error_line(result):
-  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.returncode == 2, result.stderr[-2000:]  # bad input: exit 2
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("Error: "), last
   return last
