@@ -14,7 +14,8 @@ from glm_jax import train as train_lib
 from glm_jax.model import GLMConfig
 from glm_jax.superglue import sources
 
-from conftest import multi_device_env, run_module, shipped_fixture, write_tiny_gin
+from conftest import multi_device_env, run_module, shipped_fixture, write_damaged_corpora
+from conftest import write_tiny_gin
 
 
 def _one_line_error(result, code: int = 2) -> str:
@@ -116,6 +117,22 @@ def gin_file(tmp_path_factory):
      "Reading the evaluation data ('glm_builtin', split 'dev') failed: Unknown split 'dev'"),
     (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.INIT_CHECKPOINT={tmp}/wider"],
      "does not match the model config (hidden_size 64 != 32"),
+    # Corpus files whose bad lines pass MAX_DROPPED_FRACTION, and that setting's range.
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.TRAIN_INPUT=@train.task_batches",
+      "--gin.VOCABULARY='builtin'", "--gin.model.GLMConfig.vocab_size=8064",
+      "--gin.MIXTURE_OR_TASK_NAME='text:{tmp}/binary.txt'"],
+     "Reading the train data ('text:{tmp}/binary.txt', split 'train') failed: Corpus file "
+     "{tmp}/binary.txt: 99 of 100 lines are bad (99.0%; 99 invalid UTF-8"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.TRAIN_INPUT=@train.task_batches",
+      "--gin.VOCABULARY='builtin'", "--gin.model.GLMConfig.vocab_size=8064",
+      "--gin.MIXTURE_OR_TASK_NAME='text:{tmp}/broken.jsonl'", "--gin.EVAL_PERIOD=4"],
+     "Reading the evaluation data ('text:{tmp}/broken.jsonl', split 'validation') failed: "
+     "Corpus file {tmp}/broken.jsonl: 30 of 90 lines are bad (33.3%; 0 invalid UTF-8, 30 not "
+     "JSON with a text string), more than MAX_DROPPED_FRACTION = 0.01"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.TRAIN_INPUT=@train.task_batches",
+      "--gin.VOCABULARY='builtin'", "--gin.model.GLMConfig.vocab_size=8064",
+      "--gin.MAX_DROPPED_FRACTION=1.5"],
+     "MAX_DROPPED_FRACTION must lie in [0.0, 1.0], got 1.5"),
 ])
 def test_train_errors_are_one_line(gin_file, tmp_path, args, expected):
   """What `python -m glm_jax.train` prints, run in-process (the CLI path is tested below);
@@ -127,6 +144,7 @@ def test_train_errors_are_one_line(gin_file, tmp_path, args, expected):
                                        "LOG_PERIOD = 1\n")
   (tmp_path / "include.gin").write_text(f"include '{gin_file}'\n"
                                         "include 'configs/runs/pretrian.gin'\n")
+  write_damaged_corpora(tmp_path)
   if "wider" in " ".join(args):
     checkpoints.save_params_checkpoint(
         str(tmp_path / "wider"), {"w": np.zeros((2, 2), np.float32)},
@@ -170,6 +188,29 @@ def test_train_cli_prints_one_line_without_traceback(gin_file, tmp_path, args, e
   line = _one_line_error(run_module("glm_jax.train", args, timeout=120))
   assert expected in line, line
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_train_cli_stops_on_a_damaged_corpus_and_logs_a_few_bad_lines(gin_file, tmp_path):
+  damaged = write_damaged_corpora(tmp_path)
+  corpus_run = [f"--gin_file={gin_file}", "--gin.TRAIN_INPUT=@train.task_batches",
+                "--gin.VOCABULARY='builtin'", "--gin.model.GLMConfig.vocab_size=8064",
+                "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=0"]
+  env = dict(multi_device_env(1), GLM_JAX_CACHE_DIR=str(tmp_path / "cache"))
+  line = _one_line_error(run_module("glm_jax.train", corpus_run + [
+      f"--gin.MODEL_DIR={tmp_path}/bad", f"--gin.MIXTURE_OR_TASK_NAME='text:{damaged['broken']}'"],
+      env=env, timeout=300))
+  assert (f"Corpus file {damaged['broken']}: 30 of 90 lines are bad (33.3%; 0 invalid UTF-8, 30 "
+          "not JSON with a text string), more than MAX_DROPPED_FRACTION = 0.01; ") in line, line
+  assert not (tmp_path / "bad").exists()
+  result = run_module("glm_jax.train", corpus_run + [
+      f"--gin.MODEL_DIR={tmp_path}/few", f"--gin.MIXTURE_OR_TASK_NAME='text:{damaged['few']}'"],
+      env=env, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (f"Corpus file {damaged['few']}: 300 lines: 299 documents, 1 not JSON with a text "
+          "string (skipped); 1 of 300 lines bad, within MAX_DROPPED_FRACTION = 0.01.") in \
+      result.stderr, result.stderr[-3000:]
+  assert (tmp_path / "few" / "2").is_dir()
 
 
 def test_batch_size_not_dividing_the_data_axes(gin_file, tmp_path):
