@@ -178,12 +178,27 @@ def test_train_errors_are_one_line(gin_file, tmp_path, args, expected):
      "--gin.TRAIN_STEPZ sets a macro that nothing in the gin config uses"),
     (["--gin_file={tmp}/bracket.gin", "--gin.MODEL_DIR={tmp}/run"],
      "ends inside an unclosed bracket or string (the bracket opened on line 2)"),
+    (["--gin_file={tmp}/include.gin", "--gin.MODEL_DIR={tmp}/run"],
+     "include.gin line 2: include 'configs/runs/pretrian.gin' not found"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.TRAIN_STEPS='four'"],
+     "TRAIN_STEPS must be an integer, got 'four' (str); set e.g. --gin.TRAIN_STEPS=1000."),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.BATCH_SIZE=2.5"],
+     "BATCH_SIZE must be an integer, got 2.5 (float)"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.SEQUENCE_LENGTH=4"],
+     "SEQUENCE_LENGTH must be at least 8 (the shortest a GLM sample fits in), got 4"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.TRAIN_INPUT=@train.task_batches",
+      "--gin.VOCABULARY='gpt3:/none'"], "VOCABULARY 'gpt3:/none' cannot be loaded"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.EVAL_PERIOD=4",
+      "--gin.EVAL_STEPS=1", "--gin.KEEP_BEST_METRIC='eval/acc'"],
+     "KEEP_BEST_METRIC 'eval/acc' is not a metric of the evaluation"),
     (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--train_stepz=4"],
      "Unknown command line flag 'train_stepz' (see --helpfull)"),
     (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "stray"], "Unexpected arguments ['stray']"),
 ])
 def test_train_cli_prints_one_line_without_traceback(gin_file, tmp_path, args, expected):
   (tmp_path / "bracket.gin").write_text(f"include '{gin_file}'\nEVAL_STEPS = [1,\n")
+  (tmp_path / "include.gin").write_text(f"include '{gin_file}'\n"
+                                        "include 'configs/runs/pretrian.gin'\n")
   args = [a.format(gin=gin_file, tmp=tmp_path) for a in args]
   line = _one_line_error(run_module("glm_jax.train", args, timeout=120))
   assert expected in line, line
@@ -256,6 +271,22 @@ def test_eval_refuses_settings_before_restoring(small_checkpoint, tmp_path):
       f"--gin.SUPERGLUE_DIR={tmp_path}/none", f"--gin.FEWGLUE_DIR={tmp_path}/none",
       f"--gin.OUTPUT_DIR={output}"], timeout=120))
   assert "No SuperGLUE data for 'superglue' (validation)" in line and "SUPERGLUE_DIR" in line
+  # A malformed line and a missing field: file and line named, before the checkpoint is read.
+  good = {"idx": 0, "premise": "A man sleeps.", "hypothesis": "A man rests.",
+          "label": "entailment"}
+  missing = {k: v for k, v in good.items() if k != "hypothesis"}
+  for name, lines, expected in (
+      ("cut", [json.dumps(good), "", json.dumps(good)[:-3]],
+       "cut/RTE/val.jsonl line 3 is not valid JSON"),
+      ("field", [json.dumps(good), json.dumps(missing)],
+       "field/RTE/val.jsonl line 2: the example lacks 'hypothesis'")):
+    (tmp_path / name / "RTE").mkdir(parents=True)
+    (tmp_path / name / "RTE" / "val.jsonl").write_text("\n".join(lines) + "\n")
+    line = _one_line_error(run_module("glm_jax.eval", [
+        "--gin_file=configs/runs/eval_superglue.gin", f"--gin.CHECKPOINT={small_checkpoint}",
+        f"--gin.SUPERGLUE_DIR={tmp_path}/{name}", f"--gin.FEWGLUE_DIR={tmp_path}/none",
+        f"--gin.OUTPUT_DIR={output}"], timeout=120))
+    assert expected in line, line
   assert not output.exists()
 
 
@@ -286,6 +317,15 @@ def _npz_without_a_key(path) -> str:
   return str(path)
 
 
+def _pickle_that_runs_code(directory) -> str:
+  from test_convert import _RunsCode  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  path = os.path.join(str(directory), "evil.pt")
+  torch.save({"module": {"word_embeddings.weight": torch.zeros(2, 2)},
+              "payload": _RunsCode(os.path.join(str(directory), "pwned"))}, path)
+  return path
+
+
 @pytest.mark.parametrize("module,args,expected", [
     ("glm_jax.infer", ["--checkpoint={ckpt}", "--text=a [MASK].", "--max_new_tokens=0"],
      "--max_new_tokens must be >= 1, got 0"),
@@ -298,6 +338,8 @@ def _npz_without_a_key(path) -> str:
     ("glm_jax.convert", ["--official={npz}", "--output_dir={tmp}/out", "--vocabulary=builtin",
                          "--num_heads=4"],
      "missing transformer.layers.0.mlp.dense_h_to_4h.weight"),
+    ("glm_jax.convert", ["--official={evil}", "--output_dir={tmp}/out", "--vocabulary=builtin"],
+     "Refusing {tmp}/evil.pt: its pickle needs more than tensors and plain data"),
     ("glm_jax.plot", ["--metrics={tmp}/binary", "--output={tmp}/x.png"],
      "binary line 1 is not UTF-8 text"),
     ("glm_jax.plot", ["--metrics={tmp}/nostep.jsonl", "--output={tmp}/x.png"],
@@ -314,9 +356,11 @@ def test_every_cli_prints_one_line(small_checkpoint, tmp_path, module, args, exp
   (tmp_path / "binary").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
   (tmp_path / "nostep.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"loss": 1.0}\n')
   npz = _npz_without_a_key(tmp_path / "missing.npz") if "{npz}" in " ".join(args) else ""
-  args = [a.format(ckpt=small_checkpoint, tmp=tmp_path, npz=npz) for a in args]
+  evil = _pickle_that_runs_code(tmp_path) if "{evil}" in " ".join(args) else ""
+  args = [a.format(ckpt=small_checkpoint, tmp=tmp_path, npz=npz, evil=evil) for a in args]
   line = _one_line_error(run_module(module, args, timeout=120))
-  assert expected in line, line
+  assert expected.format(tmp=tmp_path) in line, line
+  assert not (tmp_path / "pwned").exists()
 
 
 def test_checkpoints_lists_a_corrupt_step_and_says_which_is_used(tmp_path):
