@@ -347,6 +347,10 @@ def _pickle_that_runs_code(directory) -> str:
     ("glm_jax.data.inspect", ["--task=glm_nope"], "'glm_nope' is not a GLM task"),
     ("glm_jax.data.train_vocab", ["--input={tmp}/none.txt", "--output={tmp}/v"],
      "none.txt does not exist"),
+    ("glm_jax.data.train_vocab", ["--input={tmp}/few.jsonl,{tmp}/broken.jsonl",
+                                  "--output={tmp}/v"],
+     "Corpus file {tmp}/broken.jsonl: 30 of 90 lines are bad (33.3%; 0 invalid UTF-8, 30 not "
+     "JSON with a text string), more than --max_dropped_fraction = 0.01"),
     ("glm_jax.plan", ["--gin_file=configs/experiments/glm_base.gin", "--batch_size=0"],
      "--batch_size must be at least 1, got 0"),
     ("glm_jax.testing.gcs_emulator", ["--port=abc", "--root={tmp}"],
@@ -355,6 +359,7 @@ def _pickle_that_runs_code(directory) -> str:
 def test_every_cli_prints_one_line(small_checkpoint, tmp_path, module, args, expected):
   (tmp_path / "binary").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
   (tmp_path / "nostep.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"loss": 1.0}\n')
+  write_damaged_corpora(tmp_path)
   npz = _npz_without_a_key(tmp_path / "missing.npz") if "{npz}" in " ".join(args) else ""
   evil = _pickle_that_runs_code(tmp_path) if "{evil}" in " ".join(args) else ""
   args = [a.format(ckpt=small_checkpoint, tmp=tmp_path, npz=npz, evil=evil) for a in args]
