@@ -37,6 +37,7 @@ import numpy as np
 from glm_jax import checkpoints, distributed, flops, gin_utils, metrics_writer, optim
 from glm_jax import partitioning, paths, run_lock, settings
 from glm_jax import trainer as trainer_lib
+from glm_jax.data import corpus
 from glm_jax.models import BaseModel
 
 FLAGS = flags.FLAGS
@@ -97,13 +98,27 @@ def _synthetic_row(rng, length: int, vocab: int) -> Dict[str, np.ndarray]:
 
 @gin.configurable
 def task_batches(mixture_or_task_name: str, split: str, *, data_dir: Optional[str] = None,
+                 max_dropped_fraction: float = corpus.DEFAULT_MAX_DROPPED_FRACTION,
                  **kwargs):
   """glm_jax.data.pipeline.get_batches, imported on first use (TensorFlow loads only then).
 
-  `data_dir` (gin macro PREPARED_DATA_DIR) holds the named prepared corpora.
+  `data_dir` (gin macro PREPARED_DATA_DIR) holds the named prepared corpora;
+  `max_dropped_fraction` (MAX_DROPPED_FRACTION) is the share of bad lines (invalid UTF-8,
+  unparsable JSON) a corpus file prepared on first use may have before the run stops.
   """
+  check_input_settings({"max_dropped_fraction": max_dropped_fraction})
   from glm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.get_batches(mixture_or_task_name, split, data_dir=data_dir, **kwargs)
+  return pipeline.get_batches(mixture_or_task_name, split, data_dir=data_dir,
+                              max_dropped_fraction=max_dropped_fraction, **kwargs)
+
+
+def check_input_settings(values: Optional[dict] = None) -> None:
+  """Types and ranges of task_batches' settings (`values`; default: its gin bindings)."""
+  if values is None:
+    values = gin.get_bindings(task_batches)
+  settings.check_types(task_batches, values)
+  settings.in_range(task_batches, "max_dropped_fraction", values.get("max_dropped_fraction"),
+                    0.0, 1.0, high_open=False)
 
 
 SYNTHETIC_VOCABULARY = "synthetic"  # ids of no text vocabulary (synthetic_batches, fixtures): unchecked
@@ -242,9 +257,10 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
     logging.warning("KEEP_BEST_METRIC %s is ignored: periodic evaluation is off "
                     "(EVAL_PERIOD = 0).", keep_best_metric)
     keep_best_metric = None
+  if task_batches in (train_input, eval_input):
+    check_input_settings()
   if init_checkpoint:
     _check_init_checkpoint(init_checkpoint, model.config)
-  checkpoints.check_same_run(model_dir, model.config, vocab_spec)  # another run: untouched
   check_vocabulary(vocab_spec, model.config, init_checkpoint, model_dir)
   partitioner = partitioner or partitioning.Partitioner(mesh_config, logical_rules)
   partitioner.check_batch_size(batch_size, num_microbatches)
@@ -267,6 +283,10 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
         raise settings.SettingError(
             f"{settings.setting_name(train, 'keep_best_metric')} {keep_best_metric!r} is not a "
             f"metric of the evaluation; choose one of {', '.join(names)}.")
+  if train_input is task_batches:  # the corpus is prepared and checked before MODEL_DIR
+    _open_train_input(train_input, mixture_or_task_name, sequence_length, batch_size,
+                      data_seed, pack, partitioner, vocab_spec)
+  checkpoints.check_same_run(model_dir, model.config, vocab_spec)
   created = not paths.resolve(model_dir).exists()
   lock = _lock_model_dir(model_dir)
   try:
@@ -324,12 +344,28 @@ def _eval_batches(input_fn, name, split, sequence_length, batch_size, seed, pack
         shard_index=shard, num_shards=shards, pack=pack, num_batches=steps,
         vocabulary=vocabulary)]
   except (ValueError, OSError) as e:
-    raise ValueError(f"Reading the evaluation data ({name!r}, split {split!r}) failed: "
-                     f"{gin_utils.one_line(e)}") from None
+    raise _data_error("evaluation", name, split, e) from None
   if not batches:
     raise ValueError(f"The evaluation input ({name!r}, split {split!r}) yielded no batches; "
                      "check EVAL_SPLIT and EVAL_STEPS.")
   return batches
+
+
+def _open_train_input(input_fn, name, sequence_length, batch_size, seed, pack, partitioner,
+                      vocabulary) -> None:
+  """Opens the train data (a GLM corpus: prepared on first use, its files checked) unread."""
+  shard, shards = partitioner.local_batch_slice(batch_size)
+  try:
+    input_fn(name, "train", sequence_length=sequence_length, batch_size=batch_size, seed=seed,
+             shard_index=shard, num_shards=shards, pack=pack, num_batches=1,
+             vocabulary=vocabulary)
+  except (ValueError, OSError) as e:
+    raise _data_error("train", name, "train", e) from None
+
+
+def _data_error(kind: str, name: str, split: str, error: BaseException) -> ValueError:
+  return ValueError(f"Reading the {kind} data ({name!r}, split {split!r}) failed: "
+                    f"{gin_utils.one_line(error)}")
 
 
 def _lock_model_dir(model_dir: str) -> Optional[run_lock.RunLock]:
@@ -365,8 +401,7 @@ def _first_batch(batches, name: str, split: str):
     raise ValueError(f"The train input ({name!r}, split {split!r}) yielded no batch; check "
                      "the data files.") from None
   except (ValueError, OSError) as e:
-    raise ValueError(f"Reading the train data ({name!r}, split {split!r}) failed: "
-                     f"{gin_utils.one_line(e)}") from None
+    raise _data_error("train", name, split, e) from None
 
 
 def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_steps, batch_size,

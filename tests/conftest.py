@@ -253,3 +253,20 @@ def prepare_in_process(output_dir, inputs=(TINY_CORPUS,), vocabulary="builtin", 
 def bert_vocab_file(vocab_paths):
   """The real BERT uncased WordPiece vocab.txt (GLM-Base/Large), unpacked from tests/fixtures."""
   return vocab_paths["wordpiece"]
+
+
+def write_damaged_corpora(directory) -> dict:
+  """Corpus files with bad lines: {'binary': 99 of 100 lines invalid UTF-8 (text), 'broken':
+  30 of 90 JSONL lines cut short, 'few': 1 of 300 JSONL lines cut short}."""
+  import json  # pylint: disable=g-import-not-at-top
+  paths = {name: os.path.join(str(directory), name)
+           for name in ("binary.txt", "broken.jsonl", "few.jsonl")}
+  with open(paths["binary.txt"], "wb") as f:
+    f.write(b"The one line of text in this file.\n")
+    f.write(b"".join(b"\x89PNG\xff\xfe\x00 %d \x80\x81\n" % i for i in range(99)))
+  for name, count, every in (("broken.jsonl", 90, 3), ("few.jsonl", 300, 300)):
+    with open(paths[name], "w", encoding="utf-8") as f:
+      for i in range(count):
+        line = json.dumps({"text": f"Document {i} is about the sea and the {i % 7} ships."})
+        f.write((line[:-7] if i % every == every - 1 else line) + "\n")
+  return {name.split(".")[0]: path for name, path in paths.items()}

@@ -348,8 +348,12 @@ def test_hf_snapshot_names_its_vocabulary(vocab_paths, tmp_path, family, task_ma
             open(snapshot / "config.json", "w"))
   for name in ("vocab.json", "merges.txt"):  # the hub's names for the tokenizer files
     shutil.copy(os.path.join(vocab_paths[family], f"{family}-{name}"), snapshot / name)
+  # Beside the safetensors, a pickle that would run code: safetensors is read, never it.
+  marker = tmp_path / "pwned"
+  torch.save({"payload": _RunsCode(str(marker))}, snapshot / "pytorch_model.bin")
   out = tmp_path / "out"
   done = convert.convert_checkpoint(str(snapshot), str(out))  # no --vocabulary, --num_heads
+  assert not marker.exists()
   assert done.vocab_spec == f"{family}:{snapshot}@finetune_eval"
   assert done.task_mask == task_mask and done.config.num_heads == 2
   vocabulary = checkpoints.read_vocabulary(str(out))

@@ -95,3 +95,25 @@ def test_builtin_validation_split_regenerates_from_source():
 def test_builtin_file_errors():
   with pytest.raises(ValueError, match="Unknown split"):
     corpus.builtin_file("test")
+
+
+def test_bad_lines_are_counted_once_and_checked_per_file(tmp_path):
+  path = tmp_path / "mixed.jsonl"
+  path.write_bytes(b'{"text": "good"}\n{"text": "caf\xe9"}\n{"text": \xff\n\n{"text": ""}\n')
+  counters = corpus.ReadCounters()
+  assert list(corpus.read_documents([str(path)], counters=counters)) == ["good", "caf\ufffd"]
+  # Line 3 is both invalid UTF-8 and bad JSON: one bad line. Empty lines are not bad.
+  assert (counters.lines, counters.invalid_utf8, counters.bad_json, counters.bad_lines,
+          counters.empty_lines) == (5, 2, 1, 2, 2)
+  found = counters.as_dict()
+  corpus.check_bad_lines("mixed.jsonl", found, 0.4)  # 2 of 5 is not more than 40%
+  with pytest.raises(corpus.TooManyBadLines, match=(
+      r"^Corpus file mixed.jsonl: 2 of 5 lines are bad \(40.0%; 2 invalid UTF-8, 1 not JSON "
+      r"with a text string\), more than LIMIT = 0.39; .* raise LIMIT.$")):
+    corpus.check_bad_lines("mixed.jsonl", found, 0.39, "LIMIT")
+  corpus.check_bad_lines("empty.txt", corpus.ReadCounters().as_dict(), 0.0)
+  assert corpus.describe(found) == ("5 lines: 2 documents, 2 empty (skipped), 2 invalid UTF-8 "
+                                    "(bytes replaced), 1 not JSON with a text string (skipped)")
+  for bad in (-0.1, 1.5, "0.1", True):
+    with pytest.raises(ValueError, match=r"--max_dropped_fraction must be a fraction of lines"):
+      corpus.check_max_dropped_fraction(bad)

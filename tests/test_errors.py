@@ -14,7 +14,8 @@ from glm_jax import train as train_lib
 from glm_jax.model import GLMConfig
 from glm_jax.superglue import sources
 
-from conftest import multi_device_env, run_module, shipped_fixture, write_tiny_gin
+from conftest import multi_device_env, run_module, shipped_fixture, write_damaged_corpora
+from conftest import write_tiny_gin
 
 
 def _one_line_error(result, code: int = 2) -> str:
@@ -116,6 +117,22 @@ def gin_file(tmp_path_factory):
      "Reading the evaluation data ('glm_builtin', split 'dev') failed: Unknown split 'dev'"),
     (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.INIT_CHECKPOINT={tmp}/wider"],
      "does not match the model config (hidden_size 64 != 32"),
+    # Corpus files whose bad lines pass MAX_DROPPED_FRACTION, and that setting's range.
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.TRAIN_INPUT=@train.task_batches",
+      "--gin.VOCABULARY='builtin'", "--gin.model.GLMConfig.vocab_size=8064",
+      "--gin.MIXTURE_OR_TASK_NAME='text:{tmp}/binary.txt'"],
+     "Reading the train data ('text:{tmp}/binary.txt', split 'train') failed: Corpus file "
+     "{tmp}/binary.txt: 99 of 100 lines are bad (99.0%; 99 invalid UTF-8"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.TRAIN_INPUT=@train.task_batches",
+      "--gin.VOCABULARY='builtin'", "--gin.model.GLMConfig.vocab_size=8064",
+      "--gin.MIXTURE_OR_TASK_NAME='text:{tmp}/broken.jsonl'", "--gin.EVAL_PERIOD=4"],
+     "Reading the evaluation data ('text:{tmp}/broken.jsonl', split 'validation') failed: "
+     "Corpus file {tmp}/broken.jsonl: 30 of 90 lines are bad (33.3%; 0 invalid UTF-8, 30 not "
+     "JSON with a text string), more than MAX_DROPPED_FRACTION = 0.01"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.TRAIN_INPUT=@train.task_batches",
+      "--gin.VOCABULARY='builtin'", "--gin.model.GLMConfig.vocab_size=8064",
+      "--gin.MAX_DROPPED_FRACTION=1.5"],
+     "MAX_DROPPED_FRACTION must lie in [0.0, 1.0], got 1.5"),
 ])
 def test_train_errors_are_one_line(gin_file, tmp_path, args, expected):
   """What `python -m glm_jax.train` prints, run in-process (the CLI path is tested below);
@@ -127,6 +144,7 @@ def test_train_errors_are_one_line(gin_file, tmp_path, args, expected):
                                        "LOG_PERIOD = 1\n")
   (tmp_path / "include.gin").write_text(f"include '{gin_file}'\n"
                                         "include 'configs/runs/pretrian.gin'\n")
+  write_damaged_corpora(tmp_path)
   if "wider" in " ".join(args):
     checkpoints.save_params_checkpoint(
         str(tmp_path / "wider"), {"w": np.zeros((2, 2), np.float32)},
@@ -160,16 +178,54 @@ def test_train_errors_are_one_line(gin_file, tmp_path, args, expected):
      "--gin.TRAIN_STEPZ sets a macro that nothing in the gin config uses"),
     (["--gin_file={tmp}/bracket.gin", "--gin.MODEL_DIR={tmp}/run"],
      "ends inside an unclosed bracket or string (the bracket opened on line 2)"),
+    (["--gin_file={tmp}/include.gin", "--gin.MODEL_DIR={tmp}/run"],
+     "include.gin line 2: include 'configs/runs/pretrian.gin' not found"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.TRAIN_STEPS='four'"],
+     "TRAIN_STEPS must be an integer, got 'four' (str); set e.g. --gin.TRAIN_STEPS=1000."),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.BATCH_SIZE=2.5"],
+     "BATCH_SIZE must be an integer, got 2.5 (float)"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.SEQUENCE_LENGTH=4"],
+     "SEQUENCE_LENGTH must be at least 8 (the shortest a GLM sample fits in), got 4"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.TRAIN_INPUT=@train.task_batches",
+      "--gin.VOCABULARY='gpt3:/none'"], "VOCABULARY 'gpt3:/none' cannot be loaded"),
+    (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--gin.EVAL_PERIOD=4",
+      "--gin.EVAL_STEPS=1", "--gin.KEEP_BEST_METRIC='eval/acc'"],
+     "KEEP_BEST_METRIC 'eval/acc' is not a metric of the evaluation"),
     (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "--train_stepz=4"],
      "Unknown command line flag 'train_stepz' (see --helpfull)"),
     (["--gin_file={gin}", "--gin.MODEL_DIR={tmp}/run", "stray"], "Unexpected arguments ['stray']"),
 ])
 def test_train_cli_prints_one_line_without_traceback(gin_file, tmp_path, args, expected):
   (tmp_path / "bracket.gin").write_text(f"include '{gin_file}'\nEVAL_STEPS = [1,\n")
+  (tmp_path / "include.gin").write_text(f"include '{gin_file}'\n"
+                                        "include 'configs/runs/pretrian.gin'\n")
   args = [a.format(gin=gin_file, tmp=tmp_path) for a in args]
   line = _one_line_error(run_module("glm_jax.train", args, timeout=120))
   assert expected in line, line
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_train_cli_stops_on_a_damaged_corpus_and_logs_a_few_bad_lines(gin_file, tmp_path):
+  damaged = write_damaged_corpora(tmp_path)
+  corpus_run = [f"--gin_file={gin_file}", "--gin.TRAIN_INPUT=@train.task_batches",
+                "--gin.VOCABULARY='builtin'", "--gin.model.GLMConfig.vocab_size=8064",
+                "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=0"]
+  env = dict(multi_device_env(1), GLM_JAX_CACHE_DIR=str(tmp_path / "cache"))
+  line = _one_line_error(run_module("glm_jax.train", corpus_run + [
+      f"--gin.MODEL_DIR={tmp_path}/bad", f"--gin.MIXTURE_OR_TASK_NAME='text:{damaged['broken']}'"],
+      env=env, timeout=300))
+  assert (f"Corpus file {damaged['broken']}: 30 of 90 lines are bad (33.3%; 0 invalid UTF-8, 30 "
+          "not JSON with a text string), more than MAX_DROPPED_FRACTION = 0.01; ") in line, line
+  assert not (tmp_path / "bad").exists()
+  result = run_module("glm_jax.train", corpus_run + [
+      f"--gin.MODEL_DIR={tmp_path}/few", f"--gin.MIXTURE_OR_TASK_NAME='text:{damaged['few']}'"],
+      env=env, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (f"Corpus file {damaged['few']}: 300 lines: 299 documents, 1 not JSON with a text "
+          "string (skipped); 1 of 300 lines bad, within MAX_DROPPED_FRACTION = 0.01.") in \
+      result.stderr, result.stderr[-3000:]
+  assert (tmp_path / "few" / "2").is_dir()
 
 
 def test_batch_size_not_dividing_the_data_axes(gin_file, tmp_path):
@@ -215,6 +271,22 @@ def test_eval_refuses_settings_before_restoring(small_checkpoint, tmp_path):
       f"--gin.SUPERGLUE_DIR={tmp_path}/none", f"--gin.FEWGLUE_DIR={tmp_path}/none",
       f"--gin.OUTPUT_DIR={output}"], timeout=120))
   assert "No SuperGLUE data for 'superglue' (validation)" in line and "SUPERGLUE_DIR" in line
+  # A malformed line and a missing field: file and line named, before the checkpoint is read.
+  good = {"idx": 0, "premise": "A man sleeps.", "hypothesis": "A man rests.",
+          "label": "entailment"}
+  missing = {k: v for k, v in good.items() if k != "hypothesis"}
+  for name, lines, expected in (
+      ("cut", [json.dumps(good), "", json.dumps(good)[:-3]],
+       "cut/RTE/val.jsonl line 3 is not valid JSON"),
+      ("field", [json.dumps(good), json.dumps(missing)],
+       "field/RTE/val.jsonl line 2: the example lacks 'hypothesis'")):
+    (tmp_path / name / "RTE").mkdir(parents=True)
+    (tmp_path / name / "RTE" / "val.jsonl").write_text("\n".join(lines) + "\n")
+    line = _one_line_error(run_module("glm_jax.eval", [
+        "--gin_file=configs/runs/eval_superglue.gin", f"--gin.CHECKPOINT={small_checkpoint}",
+        f"--gin.SUPERGLUE_DIR={tmp_path}/{name}", f"--gin.FEWGLUE_DIR={tmp_path}/none",
+        f"--gin.OUTPUT_DIR={output}"], timeout=120))
+    assert expected in line, line
   assert not output.exists()
 
 
@@ -245,6 +317,15 @@ def _npz_without_a_key(path) -> str:
   return str(path)
 
 
+def _pickle_that_runs_code(directory) -> str:
+  from test_convert import _RunsCode  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  path = os.path.join(str(directory), "evil.pt")
+  torch.save({"module": {"word_embeddings.weight": torch.zeros(2, 2)},
+              "payload": _RunsCode(os.path.join(str(directory), "pwned"))}, path)
+  return path
+
+
 @pytest.mark.parametrize("module,args,expected", [
     ("glm_jax.infer", ["--checkpoint={ckpt}", "--text=a [MASK].", "--max_new_tokens=0"],
      "--max_new_tokens must be >= 1, got 0"),
@@ -257,6 +338,8 @@ def _npz_without_a_key(path) -> str:
     ("glm_jax.convert", ["--official={npz}", "--output_dir={tmp}/out", "--vocabulary=builtin",
                          "--num_heads=4"],
      "missing transformer.layers.0.mlp.dense_h_to_4h.weight"),
+    ("glm_jax.convert", ["--official={evil}", "--output_dir={tmp}/out", "--vocabulary=builtin"],
+     "Refusing {tmp}/evil.pt: its pickle needs more than tensors and plain data"),
     ("glm_jax.plot", ["--metrics={tmp}/binary", "--output={tmp}/x.png"],
      "binary line 1 is not UTF-8 text"),
     ("glm_jax.plot", ["--metrics={tmp}/nostep.jsonl", "--output={tmp}/x.png"],
@@ -264,6 +347,10 @@ def _npz_without_a_key(path) -> str:
     ("glm_jax.data.inspect", ["--task=glm_nope"], "'glm_nope' is not a GLM task"),
     ("glm_jax.data.train_vocab", ["--input={tmp}/none.txt", "--output={tmp}/v"],
      "none.txt does not exist"),
+    ("glm_jax.data.train_vocab", ["--input={tmp}/few.jsonl,{tmp}/broken.jsonl",
+                                  "--output={tmp}/v"],
+     "Corpus file {tmp}/broken.jsonl: 30 of 90 lines are bad (33.3%; 0 invalid UTF-8, 30 not "
+     "JSON with a text string), more than --max_dropped_fraction = 0.01"),
     ("glm_jax.plan", ["--gin_file=configs/experiments/glm_base.gin", "--batch_size=0"],
      "--batch_size must be at least 1, got 0"),
     ("glm_jax.testing.gcs_emulator", ["--port=abc", "--root={tmp}"],
@@ -272,10 +359,13 @@ def _npz_without_a_key(path) -> str:
 def test_every_cli_prints_one_line(small_checkpoint, tmp_path, module, args, expected):
   (tmp_path / "binary").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
   (tmp_path / "nostep.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"loss": 1.0}\n')
+  write_damaged_corpora(tmp_path)
   npz = _npz_without_a_key(tmp_path / "missing.npz") if "{npz}" in " ".join(args) else ""
-  args = [a.format(ckpt=small_checkpoint, tmp=tmp_path, npz=npz) for a in args]
+  evil = _pickle_that_runs_code(tmp_path) if "{evil}" in " ".join(args) else ""
+  args = [a.format(ckpt=small_checkpoint, tmp=tmp_path, npz=npz, evil=evil) for a in args]
   line = _one_line_error(run_module(module, args, timeout=120))
-  assert expected in line, line
+  assert expected.format(tmp=tmp_path) in line, line
+  assert not (tmp_path / "pwned").exists()
 
 
 def test_checkpoints_lists_a_corrupt_step_and_says_which_is_used(tmp_path):

@@ -389,12 +389,15 @@ def test_resume_survives_a_corrupt_step_and_a_damaged_log(tmp_path):
       run / "metrics.jsonl").bad
 
   before = _listing(run)
-  for binding, named in (("model.GLMConfig.hidden_size = 64", "hidden_size 32 (saved) vs 64"),
-                         ("VOCABULARY = 'builtin'", "vocabulary 'synthetic' (saved) vs 'builtin'")):
-    result = _train(gin_file, run, f"--gin_bindings={binding}")
+  for bindings, named in (
+      (["--gin.model.GLMConfig.hidden_size=64"],
+       "holds a run of another model (step 8: hidden_size 32 (saved) vs 64)"),
+      (["--gin.VOCABULARY='builtin'", "--gin.model.GLMConfig.vocab_size=8064"],
+       "was trained with vocabulary 'synthetic' but VOCABULARY is 'builtin'")):
+    result = _train(gin_file, run, *bindings)
     assert result.returncode == 2
     line = _error_line(result)
-    assert "holds a run of another model" in line and named in line, line
+    assert f"MODEL_DIR {run}" in line and named in line, line
   assert _listing(run) == before  # untouched: no rename, no lock, no log rewritten
 
   result = _train(gin_file, run, "--gin.TRAIN_STEPS=12", "--gin.KEEP_CHECKPOINTS=0")

@@ -182,7 +182,7 @@ def test_shipped_subsets_are_the_shared_numbers():
 ])
 def test_cli_errors_are_one_line(args, message):
   result = run_module("glm_jax.parity", args, timeout=120)
-  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.returncode == 2, result.stderr[-2000:]  # an input to fix
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("Error: ") and message in last, last
 

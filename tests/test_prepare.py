@@ -17,6 +17,7 @@ from glm_jax.data import prepared
 from glm_jax.data import vocab as vocab_lib
 
 from conftest import REPO_ROOT, TINY_CORPUS, multi_device_env, prepare_in_process
+from conftest import run_module, write_damaged_corpora
 
 LINES = [line.strip() for line in open(TINY_CORPUS, encoding="utf-8") if line.strip()]
 
@@ -173,15 +174,83 @@ def test_tfds_dataset_built_from_local_files(tmp_path):
 
 
 def test_errors_are_one_line(tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "glm_jax.data.prepare", f"--input={tmp_path}/none*.jsonl",
-       f"--output_dir={tmp_path}/out"], cwd=REPO_ROOT, env=multi_device_env(1),
-      capture_output=True, text=True, timeout=120)
-  assert result.returncode == 1
+  result = run_module("glm_jax.data.prepare", [f"--input={tmp_path}/none*.jsonl",
+                                               f"--output_dir={tmp_path}/out"], timeout=120)
+  assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("prepare: Input pattern") and "matches no file" in last
+  assert last.startswith("Error: Input pattern") and "matches no file" in last
   with pytest.raises(ValueError, match="tfds:NAME:VERSION"):
     prepare.plan_units(["tfds:wikipedia"])
+
+
+def test_files_with_too_many_bad_lines_stop_before_the_manifest(tmp_path, monkeypatch):
+  damaged = write_damaged_corpora(tmp_path)
+  for name, counts in (("binary", "99 of 100 lines are bad (99.0%; 99 invalid UTF-8, 0 not"),
+                       ("broken", "30 of 90 lines are bad (33.3%; 0 invalid UTF-8, 30 not")):
+    out = tmp_path / f"out_{name}"
+    # The good file first: the line names the damaged one.
+    with pytest.raises(corpus.TooManyBadLines) as info:
+      prepare_in_process(out, [damaged["few"], damaged[name]])
+    assert str(info.value).startswith(f"Corpus file {damaged[name]}: {counts}"), info.value
+    assert "--max_dropped_fraction = 0.01" in str(info.value)
+    assert not (out / "manifest.json").exists()
+  # A higher limit finishes from the units already tokenized, nothing read again.
+  monkeypatch.setattr(prepare, "process_unit", lambda *a, **k: pytest.fail("re-tokenized"))
+  manifest = prepare.prepare([damaged["few"], damaged["broken"]], "builtin",
+                             str(tmp_path / "out_broken"), in_process=True,
+                             max_dropped_fraction=0.5)
+  assert manifest["input_counters"][damaged["broken"]]["bad_json"] == 30
+  assert manifest["counters"]["documents"] == 299 + 60
+  with pytest.raises(ValueError, match=r"--max_dropped_fraction must be a fraction of lines in "
+                     r"\[0, 1\] \(e.g. 0.01\), got 2"):
+    prepare_in_process(tmp_path / "x", [damaged["few"]], max_dropped_fraction=2)
+
+
+def test_a_few_bad_lines_are_logged_with_their_counts(tmp_path, caplog):
+  few = write_damaged_corpora(tmp_path)["few"]
+  with caplog.at_level("INFO", logger="absl"):  # an earlier test may have raised absl's level
+    out = prepare_in_process(tmp_path / "out", [TINY_CORPUS, few])
+  manifest = prepared.read_json(os.path.join(out, "manifest.json"))
+  assert manifest["input_counters"][few] == {
+      "lines": 300, "documents": 299, "empty_lines": 0, "invalid_utf8": 0, "bad_json": 1,
+      "bad_lines": 1, "characters": manifest["input_counters"][few]["characters"],
+      "empty_documents": 0}
+  warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert warned == [f"Corpus file {few}: 300 lines: 299 documents, 1 not JSON with a text "
+                    "string (skipped); 1 of 300 lines bad, within --max_dropped_fraction = 0.01."]
+  assert any(m.getMessage().startswith(f"Corpus file {TINY_CORPUS}: ")
+             for m in caplog.records if m.levelname == "INFO")
+
+
+def test_corpora_prepared_on_first_use_are_checked_at_every_use(tmp_path):
+  damaged = write_damaged_corpora(tmp_path)
+  path = prepare.cached_corpus([damaged["few"]], [], "builtin")
+  assert prepare.cached_corpus([damaged["few"]], [], "builtin") == path  # cached
+  with pytest.raises(corpus.TooManyBadLines, match=(
+      f"^Corpus file {damaged['few']}: 1 of 300 lines are bad .* more than "
+      "MAX_DROPPED_FRACTION = 0.001; ")):
+    prepare.cached_corpus([damaged["few"]], [], "builtin", max_dropped_fraction=0.001)
+  with pytest.raises(corpus.TooManyBadLines, match="MAX_DROPPED_FRACTION = 0.01"):
+    prepare.cached_corpus([damaged["broken"]], [], "builtin")
+
+
+@pytest.mark.slow
+def test_prepare_cli_names_the_damaged_file(tmp_path):
+  """The CLI on Beam's DirectRunner: one line and exit 2; a higher limit completes."""
+  binary = write_damaged_corpora(tmp_path)["binary"]
+  args = [f"--input={binary}", f"--output_dir={tmp_path}/out", "--",
+          "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+  result = run_module("glm_jax.data.prepare", args, timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith("Error: ")]
+  assert errors == [f"Error: Corpus file {binary}: 99 of 100 lines are bad (99.0%; 99 invalid "
+                    "UTF-8, 0 not JSON with a text string), more than --max_dropped_fraction = "
+                    "0.01; fix or remove the file (is it text? JSONL with the right text key?), "
+                    "or raise --max_dropped_fraction."], result.stderr[-3000:]
+  result = run_module("glm_jax.data.prepare", ["--max_dropped_fraction=1"] + args, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout.strip().splitlines()[-1])["counters"]["invalid_utf8"] == 99
 
 
 @pytest.mark.slow

@@ -268,7 +268,9 @@ def test_prepared_corpus_kill_9_then_resume_is_bitwise_identical(prepared_refere
 
 
 def _error_line(result):
-  assert result.returncode == 2, result.stderr[-2000:]  # bad input: exit 2
+  """The one `Error:` line of a run refused for its input (exit 2, docs/faults.md)."""
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("Error: "), last
   return last

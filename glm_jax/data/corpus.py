@@ -1,8 +1,10 @@
 """Text corpora as documents: the built-in Gutenberg slice and local text / JSONL files.
 
 A document is one string (one paragraph of a book in the built-in corpus). Files are read
-through `etils.epath` (local or gs://), whole or by byte range. Reading is forgiving: invalid UTF-8 is replaced, empty lines are skipped, and both are counted in a
-`ReadCounters` so a bad file never stops a run.
+through `etils.epath` (local or gs://), whole or by byte range. Reading is forgiving line by
+line: invalid UTF-8 is replaced, empty lines and unparsable JSON lines are skipped, all of it
+counted in a `ReadCounters`; a file whose bad lines pass a limit (`check_bad_lines`, default 1%
+of its lines) stops the run with one line naming it.
 """
 
 from __future__ import annotations
@@ -28,14 +30,20 @@ _BOILERPLATE_RE = re.compile(r"gutenberg", re.IGNORECASE)
 _SPACE_RE = re.compile(r"\s+")
 
 
+# Default of MAX_DROPPED_FRACTION (gin) and prepare's --max_dropped_fraction.
+DEFAULT_MAX_DROPPED_FRACTION = 0.01
+
+
 @dataclasses.dataclass
 class ReadCounters:
-  """What reading a corpus skipped or repaired (reported by `inspect`)."""
+  """What reading a corpus skipped or repaired (logged, kept in manifests, shown by `inspect`)."""
 
+  lines: int = 0         # every line (TFDS: example) read
   documents: int = 0
-  empty_lines: int = 0
-  invalid_utf8: int = 0
-  bad_json: int = 0
+  empty_lines: int = 0   # skipped (also JSON whose text is empty)
+  invalid_utf8: int = 0  # kept, the bad bytes replaced by U+FFFD
+  bad_json: int = 0      # skipped: not JSON, not an object, or no string text field
+  bad_lines: int = 0     # lines with invalid UTF-8 or bad JSON, each counted once
   characters: int = 0
 
   def merge(self, other: "ReadCounters") -> None:
@@ -140,7 +148,10 @@ def read_lines(path, start: int = 0, end: Optional[int] = None) -> Iterator[byte
 def parse_document(raw: bytes, jsonl: bool, text_key: Optional[str],
                    counters: ReadCounters) -> Optional[str]:
   """One document from one raw line (None for an empty or bad line, counted in `counters`)."""
+  counters.lines += 1
+  invalid = counters.invalid_utf8
   line = _decode_line(raw, counters).strip()
+  bad = counters.invalid_utf8 > invalid
   if jsonl and line:
     try:
       value = json.loads(line)
@@ -149,14 +160,51 @@ def parse_document(raw: bytes, jsonl: bool, text_key: Optional[str],
       line = None
     if not isinstance(line, str):
       counters.bad_json += 1
+      counters.bad_lines += 1
       return None
     line = line.strip()
+  counters.bad_lines += bad
   if not line:
     counters.empty_lines += 1
     return None
   counters.documents += 1
   counters.characters += len(line)
   return line
+
+
+def describe(counters: dict) -> str:
+  """The counters of one read in words, e.g. '1000 lines: 990 documents, 10 empty'."""
+  parts = [f"{counters.get('documents', 0)} documents"]
+  for key, words in (("empty_lines", "empty (skipped)"),
+                     ("invalid_utf8", "invalid UTF-8 (bytes replaced)"),
+                     ("bad_json", "not JSON with a text string (skipped)")):
+    if counters.get(key):
+      parts.append(f"{counters[key]} {words}")
+  return f"{counters.get('lines', 0)} lines: " + ", ".join(parts)
+
+
+def check_max_dropped_fraction(value, name: str = "--max_dropped_fraction") -> None:
+  """The limit of bad lines is a fraction of lines in [0, 1]."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    raise ValueError(f"{name} must be a fraction of lines in [0, 1] (e.g. 0.01), got "
+                     f"{value!r}.")
+
+
+class TooManyBadLines(ValueError):
+  """A corpus file whose bad lines (invalid UTF-8, bad JSON) pass the limit."""
+
+
+def check_bad_lines(name: str, counters: dict, max_fraction: float,
+                    limit_name: str = "MAX_DROPPED_FRACTION") -> None:
+  """Stops with one line naming the file and its counts when more than `max_fraction` of its
+  lines are bad (invalid UTF-8 or unparsable JSON); empty lines are not bad."""
+  lines, bad = counters.get("lines", 0), counters.get("bad_lines", 0)
+  if lines and bad / lines > max_fraction:
+    raise TooManyBadLines(
+        f"Corpus file {name}: {bad} of {lines} lines are bad ({bad / lines:.1%}; "
+        f"{counters.get('invalid_utf8', 0)} invalid UTF-8, {counters.get('bad_json', 0)} not "
+        f"JSON with a text string), more than {limit_name} = {max_fraction:g}; fix or remove "
+        f"the file (is it text? JSONL with the right text key?), or raise {limit_name}.")
 
 
 def read_documents(paths: Sequence[str], *, text_key: Optional[str] = None,

@@ -18,6 +18,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from glm_jax.data import corpus
 from glm_jax.data import feature_converter
 from glm_jax.data import source as source_lib
 from glm_jax.data import tasks as tasks_lib
@@ -128,7 +129,8 @@ def get_batches(mixture_or_task_name: str, split: str = "train", *, sequence_len
                 batch_size: int, seed: int = 0, start_batch: int = 0, shard_index: int = 0,
                 num_shards: int = 1, pack: bool = False, num_batches: Optional[int] = None,
                 pack_factor: int = 2, vocabulary: Optional[str] = None,
-                data_dir: Optional[str] = None, num_threads: Optional[int] = None
+                data_dir: Optional[str] = None, num_threads: Optional[int] = None,
+                max_dropped_fraction: float = corpus.DEFAULT_MAX_DROPPED_FRACTION
                 ) -> Iterator[Dict[str, np.ndarray]]:
   """Numpy model batches (docs/ARCHITECTURE.md) of this process's rows of each global batch.
 
@@ -138,7 +140,9 @@ def get_batches(mixture_or_task_name: str, split: str = "train", *, sequence_len
   batch i packs `pack_factor` examples per row in order and drops what does not fit.
   `vocabulary` (a spec; default the task's) tokenizes the corpus; `data_dir` holds the named
   prepared corpora (default $GLM_JAX_DATA_DIR); `num_threads` caps the input's tf.data
-  threads (None: TF's default, every core).
+  threads (None: TF's default, every core). A corpus prepared on first use (built-in,
+  `text:`) stops the call when one of its files has more than `max_dropped_fraction` bad
+  lines (gin MAX_DROPPED_FRACTION).
   """
   if batch_size <= 0 or num_shards <= 0 or batch_size % num_shards:
     raise ValueError(f"batch_size {batch_size} must be a positive multiple of num_shards "
@@ -155,7 +159,8 @@ def get_batches(mixture_or_task_name: str, split: str = "train", *, sequence_len
       raise ValueError(f"Unknown split {split!r}; use one of {tasks_lib.SPLITS}.")
     # Resolved now, so a missing corpus or another vocabulary fails at the call, not at the
     # first batch.
-    source = tasks_lib.get_source(mixture_or_task_name, vocabulary, data_dir)
+    source = tasks_lib.get_source(mixture_or_task_name, vocabulary, data_dir,
+                                  max_dropped_fraction)
     source.check_split(split)
     return _glm_batches(source, split, pack_factor=pack_factor, num_threads=num_threads,
                         **kwargs)

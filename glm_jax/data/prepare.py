@@ -18,8 +18,11 @@ one unit per gzip file, TFDS example ranges); a Beam ParDo tokenizes each unit i
 per split. Arguments after `--` are Beam pipeline options; without them the DirectRunner runs
 `--direct_num_workers=<cores> --direct_running_mode=multi_processing`. Re-running skips units
 whose record (written after their files) is complete; a killed run leaves only temporary
-names, which a re-run deletes. The manifest is written last. docs/data_pipeline.md has the
-Dataflow, Flink and Spark commands.
+names, which a re-run deletes. The manifest is written last, after the check of each input
+file's bad lines (invalid UTF-8, unparsable JSON): past `--max_dropped_fraction` (default 1%
+of its lines) the run stops with one line naming the file and its counts, and writes no
+manifest (a re-run with a higher limit reuses the finished units). docs/data_pipeline.md has
+the Dataflow, Flink and Spark commands.
 """
 
 from __future__ import annotations
@@ -27,16 +30,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
 import numpy as np
 
+from glm_jax import gin_utils
 from glm_jax.data import corpus
 from glm_jax.data import prepared
 
@@ -271,6 +273,40 @@ def _run_beam(todo: Sequence[int], kwargs: dict, beam_args: Sequence[str]) -> No
          | "Tokenize" >> beam.Map(process_unit, **kwargs))
 
 
+def input_name(unit: dict) -> str:
+  """The input file (or TFDS dataset directory) a unit reads."""
+  return unit["path"] if unit["kind"] == "file" else unit["directory"]
+
+
+def _sum_counters(items) -> Dict[str, int]:
+  total: Dict[str, int] = {}
+  for counters in items:
+    for k, v in counters.items():
+      total[k] = total.get(k, 0) + v
+  return total
+
+
+def input_counters(records: Sequence[dict]) -> Dict[str, Dict[str, int]]:
+  """{input file: its read counters, summed over its units}, in input order."""
+  grouped: Dict[str, list] = {}
+  for r in records:
+    grouped.setdefault(input_name(r["unit"]), []).append(r["counters"])
+  return {name: _sum_counters(items) for name, items in grouped.items()}
+
+
+def check_inputs(by_input: Dict[str, Dict[str, int]], max_dropped_fraction: float,
+                 limit_name: str, log: bool = True) -> None:
+  """Logs what reading each input skipped or repaired; one line for a file past the limit."""
+  for name, counters in by_input.items():
+    corpus.check_bad_lines(name, counters, max_dropped_fraction, limit_name)
+    if log and counters.get("bad_lines"):
+      logging.warning("Corpus file %s: %s; %d of %d lines bad, within %s = %g.", name,
+                      corpus.describe(counters), counters["bad_lines"], counters["lines"],
+                      limit_name, max_dropped_fraction)
+    elif log:
+      logging.info("Corpus file %s: %s.", name, corpus.describe(counters))
+
+
 def _manifest(records: Sequence[dict], *, inputs, validation_inputs, vocabulary, text_key,
               holdout_every) -> dict:
   splits = {}
@@ -279,10 +315,6 @@ def _manifest(records: Sequence[dict], *, inputs, validation_inputs, vocabulary,
     splits[split] = {"documents": sum(s["documents"] for s in shards),
                      "tokens": sum(s["tokens"] for s in shards),
                      "shards": [s for s in shards if s["documents"]]}
-  counters: Dict[str, int] = {}
-  for r in records:
-    for k, v in r["counters"].items():
-      counters[k] = counters.get(k, 0) + v
   fingerprint = hashlib.sha256(json.dumps(
       [[r["unit"], r["fingerprint"]] for r in records], sort_keys=True).encode()).hexdigest()
   return {
@@ -293,7 +325,8 @@ def _manifest(records: Sequence[dict], *, inputs, validation_inputs, vocabulary,
                  "text_key": text_key, "holdout_every": holdout_every,
                  "units": len(records), "fingerprint": fingerprint},
       "splits": splits,
-      "counters": counters,
+      "counters": _sum_counters(r["counters"] for r in records),
+      "input_counters": input_counters(records),
   }
 
 
@@ -301,12 +334,17 @@ def prepare(inputs: Sequence[str], vocabulary: str, output_dir: str, *,
             validation_inputs: Sequence[str] = (), text_key: Optional[str] = None,
             holdout_every: int = DEFAULT_HOLDOUT_EVERY, unit_bytes: int = DEFAULT_UNIT_BYTES,
             tfds_data_dir: Optional[str] = None, beam_args: Optional[Sequence[str]] = None,
-            in_process: bool = False) -> dict:
+            in_process: bool = False,
+            max_dropped_fraction: float = corpus.DEFAULT_MAX_DROPPED_FRACTION,
+            limit_name: str = "--max_dropped_fraction") -> dict:
   """Prepares (or completes) `output_dir`; returns the manifest.
 
   `in_process` runs the units one after another in this process (the built-in corpus and
-  `text:` tasks on first use); otherwise Beam runs them with `beam_args`.
+  `text:` tasks on first use); otherwise Beam runs them with `beam_args`. An input file with
+  more than `max_dropped_fraction` bad lines stops it before the manifest is written
+  (`corpus.TooManyBadLines`, naming the setting `limit_name`).
   """
+  corpus.check_max_dropped_fraction(max_dropped_fraction, limit_name)
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   # A bad spec fails here, not in every worker; the canonical spec (configuration named) is
   # what the records and the manifest keep.
@@ -339,10 +377,11 @@ def prepare(inputs: Sequence[str], vocabulary: str, output_dir: str, *,
   records = {i: _finished(output_dir, i, units, **options) for i in range(len(units))}
   missing = [i for i, r in records.items() if r is None]
   if missing:
-    raise RuntimeError(f"Units {missing[:5]} of {output_dir} did not finish; run the same "
-                       "command again to complete them.")
+    raise gin_utils.RunFault(f"Units {missing[:5]} of {output_dir} did not finish; run the "
+                             "same command again to complete them.")
   manifest = _manifest([records[i] for i in range(len(units))], inputs=inputs,
                        validation_inputs=validation_inputs, **options)
+  check_inputs(manifest["input_counters"], max_dropped_fraction, limit_name)
   if not manifest["splits"]["train"]["tokens"]:
     raise ValueError(f"The inputs of {output_dir} hold no text (all documents empty?); check "
                      "--input and --text_key.")
@@ -377,10 +416,18 @@ def _vocabulary_fingerprint(spec: str) -> list:
   return out
 
 
+_REPORTED = set()  # cached corpora whose counters this process logged
+
+
 def cached_corpus(train_files: Sequence[str], validation_files: Sequence[str],
                   vocabulary: str, *, text_key: Optional[str] = None,
-                  holdout_every: int = DEFAULT_HOLDOUT_EVERY) -> str:
-  """A prepared corpus of local/gs:// text files, prepared on first use in the cache."""
+                  holdout_every: int = DEFAULT_HOLDOUT_EVERY,
+                  max_dropped_fraction: float = corpus.DEFAULT_MAX_DROPPED_FRACTION) -> str:
+  """A prepared corpus of local/gs:// text files, prepared on first use in the cache.
+
+  Each use checks the files' bad lines against `max_dropped_fraction` (gin
+  MAX_DROPPED_FRACTION), also when the cache holds them already.
+  """
   key = json.dumps({"format": prepared.FORMAT,
                     "train": [_file_fingerprint(p) for p in train_files],
                     "validation": [_file_fingerprint(p) for p in validation_files],
@@ -393,9 +440,15 @@ def cached_corpus(train_files: Sequence[str], validation_files: Sequence[str],
                  directory)
     prepare(list(train_files), vocabulary, os.fspath(directory),
             validation_inputs=list(validation_files), text_key=text_key,
-            holdout_every=0 if validation_files else holdout_every, in_process=True)
+            holdout_every=0 if validation_files else holdout_every, in_process=True,
+            max_dropped_fraction=max_dropped_fraction, limit_name="MAX_DROPPED_FRACTION")
     prepared.write_json(directory / "cache_key.json", json.loads(key))
     logging.info("Prepared %s in %.1f s.", directory, time.perf_counter() - start)
+  else:  # its counters are logged once per process
+    corpus.check_max_dropped_fraction(max_dropped_fraction, "MAX_DROPPED_FRACTION")
+    check_inputs(prepared.read_json(directory / prepared.MANIFEST).get("input_counters", {}),
+                 max_dropped_fraction, "MAX_DROPPED_FRACTION", log=directory not in _REPORTED)
+  _REPORTED.add(directory)
   return os.fspath(directory)
 
 
@@ -418,6 +471,10 @@ def define_flags() -> None:
                        "Bytes of an uncompressed file per work unit.")
   flags.DEFINE_string("tfds_data_dir", None,
                       "TFDS data dir of tfds: inputs (default $TFDS_DATA_DIR).")
+  flags.DEFINE_float(
+      "max_dropped_fraction", corpus.DEFAULT_MAX_DROPPED_FRACTION,
+      "Stop when more than this fraction of an input file's lines are bad (invalid UTF-8, "
+      "unparsable JSON); empty lines do not count.")
 
 
 def _split_list(values: Optional[Sequence[str]]) -> List[str]:
@@ -429,18 +486,14 @@ def main(argv: Sequence[str]) -> None:
   if logging.get_verbosity() <= logging.INFO:
     import logging as std_logging  # pylint: disable=g-import-not-at-top
     std_logging.getLogger("apache_beam").setLevel(std_logging.WARNING)
-  try:
-    if not FLAGS.input or not FLAGS.output_dir:
-      raise ValueError("prepare needs --input=FILES|tfds:NAME:VERSION and --output_dir=DIR.")
-    start = time.perf_counter()
-    manifest = prepare(_split_list(FLAGS.input), FLAGS.vocabulary, FLAGS.output_dir,
-                       validation_inputs=_split_list(FLAGS.validation_input),
-                       text_key=FLAGS.text_key, holdout_every=FLAGS.holdout_every,
-                       unit_bytes=FLAGS.unit_bytes, tfds_data_dir=FLAGS.tfds_data_dir,
-                       beam_args=beam_args)
-  except (ValueError, FileNotFoundError, RuntimeError) as e:
-    print(f"prepare: {e}", file=sys.stderr)
-    sys.exit(1)
+  if not FLAGS.input or not FLAGS.output_dir:
+    raise ValueError("prepare needs --input=FILES|tfds:NAME:VERSION and --output_dir=DIR.")
+  start = time.perf_counter()
+  manifest = prepare(_split_list(FLAGS.input), FLAGS.vocabulary, FLAGS.output_dir,
+                     validation_inputs=_split_list(FLAGS.validation_input),
+                     text_key=FLAGS.text_key, holdout_every=FLAGS.holdout_every,
+                     unit_bytes=FLAGS.unit_bytes, tfds_data_dir=FLAGS.tfds_data_dir,
+                     beam_args=beam_args, max_dropped_fraction=FLAGS.max_dropped_fraction)
   summary = {s: {k: v[k] for k in ("documents", "tokens")}
              for s, v in manifest["splits"].items()}
   print(json.dumps({"output_dir": FLAGS.output_dir, "splits": summary,
@@ -450,4 +503,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  gin_utils.run(main)

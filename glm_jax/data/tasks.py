@@ -187,15 +187,22 @@ def check_vocabulary(corpus_: prepared.PreparedCorpus, vocabulary: str) -> None:
         f"--output_dir=NEW_DIR ...` or set VOCABULARY = '{corpus_.vocabulary_spec}'.")
 
 
-def task_corpus_path(task: GLMTask, vocabulary: str, data_dir_: Optional[str] = None) -> str:
-  """The prepared corpus directory of a task for `vocabulary` (prepared on first use)."""
+def task_corpus_path(task: GLMTask, vocabulary: str, data_dir_: Optional[str] = None,
+                     max_dropped_fraction: float = corpus.DEFAULT_MAX_DROPPED_FRACTION) -> str:
+  """The prepared corpus directory of a task for `vocabulary` (prepared on first use).
+
+  The built-in corpus and text files are checked against `max_dropped_fraction` (the share
+  of bad lines a file may have, `corpus.check_bad_lines`) at each use.
+  """
   spec = task.corpus
   if spec.kind == "builtin":
     path = prepare_lib.cached_corpus([corpus.builtin_file("train")],
-                                     [corpus.builtin_file("validation")], vocabulary)
+                                     [corpus.builtin_file("validation")], vocabulary,
+                                     max_dropped_fraction=max_dropped_fraction)
   elif spec.kind == "files":
     path = prepare_lib.cached_corpus(spec.train_files, spec.validation_files, vocabulary,
-                                     text_key=spec.text_key, holdout_every=HOLDOUT_EVERY)
+                                     text_key=spec.text_key, holdout_every=HOLDOUT_EVERY,
+                                     max_dropped_fraction=max_dropped_fraction)
   elif spec.kind == "prepared":
     path = spec.path
   elif spec.kind == "named":
@@ -217,10 +224,12 @@ def task_corpus_path(task: GLMTask, vocabulary: str, data_dir_: Optional[str] = 
   return path
 
 
-def open_task_corpus(task: GLMTask, vocabulary: str,
-                     data_dir_: Optional[str] = None) -> prepared.PreparedCorpus:
+def open_task_corpus(task: GLMTask, vocabulary: str, data_dir_: Optional[str] = None,
+                     max_dropped_fraction: float = corpus.DEFAULT_MAX_DROPPED_FRACTION
+                     ) -> prepared.PreparedCorpus:
   """The prepared corpus of a task, checked to be tokenized with `vocabulary`."""
-  opened = prepared.open_corpus(task_corpus_path(task, vocabulary, data_dir_))
+  opened = prepared.open_corpus(task_corpus_path(task, vocabulary, data_dir_,
+                                                 max_dropped_fraction))
   check_vocabulary(opened, vocabulary)
   return opened
 
@@ -231,9 +240,14 @@ def _mixture_members(name: str):
   return [(glm_task(name), 1.0)]
 
 
-def get_source(name: str, vocabulary: Optional[str] = None,
-               data_dir_: Optional[str] = None) -> source_lib.GLMSource:
-  """The index-addressable source of a GLM task or mixture for a vocabulary (cached)."""
+def get_source(name: str, vocabulary: Optional[str] = None, data_dir_: Optional[str] = None,
+               max_dropped_fraction: float = corpus.DEFAULT_MAX_DROPPED_FRACTION
+               ) -> source_lib.GLMSource:
+  """The index-addressable source of a GLM task or mixture for a vocabulary (cached).
+
+  Corpora prepared on first use stop it when a file has more than `max_dropped_fraction`
+  bad lines.
+  """
   members = _mixture_members(name)
   if vocabulary is None:
     vocabulary = members[0][0].default_vocabulary
@@ -245,7 +259,8 @@ def get_source(name: str, vocabulary: Optional[str] = None,
          tuple((task.corpus, task.mix, rate) for task, rate in members))
   with _LOCK:
     cached = _SOURCES.get(key)
-  components = [(open_task_corpus(task, vocabulary, data_dir_), rate) for task, rate in members]
+  components = [(open_task_corpus(task, vocabulary, data_dir_, max_dropped_fraction), rate)
+                for task, rate in members]
   if cached is not None and [c for c, _ in components] == cached.components:
     return cached
   components = [(c, c.num_tokens("train") if rate == "tokens" else float(rate))

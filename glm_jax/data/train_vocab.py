@@ -29,6 +29,10 @@ _MODEL_TYPE = flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"],
                                 "SentencePiece algorithm.")
 _TEXT_KEY = flags.DEFINE_string("text_key", None, "JSON field of the text in JSONL inputs.")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 2, "Trainer threads.")
+_MAX_DROPPED = flags.DEFINE_float(
+    "max_dropped_fraction", corpus.DEFAULT_MAX_DROPPED_FRACTION,
+    "Stop when more than this fraction of an input file's lines are bad (invalid UTF-8, "
+    "unparsable JSON).")
 
 
 def train_sentencepiece(documents: Iterable[str], output_prefix: str, vocab_size: int, *,
@@ -60,10 +64,20 @@ def train_sentencepiece(documents: Iterable[str], output_prefix: str, vocab_size
 
 
 def run(inputs: Sequence[str], vocab_size: int, output: str, model_type: str = "unigram",
-        text_key: Optional[str] = None, num_threads: int = 2) -> str:
-  """Reads `inputs` and trains; returns the .model path."""
-  counters = corpus.ReadCounters()
-  documents = list(corpus.read_documents(inputs, text_key=text_key, counters=counters))
+        text_key: Optional[str] = None, num_threads: int = 2,
+        max_dropped_fraction: float = corpus.DEFAULT_MAX_DROPPED_FRACTION) -> str:
+  """Reads `inputs` and trains; returns the .model path.
+
+  A file with more than `max_dropped_fraction` bad lines stops it (one line naming the file).
+  """
+  documents, counters = [], corpus.ReadCounters()
+  for path in inputs:
+    read = corpus.ReadCounters()
+    documents += corpus.read_documents([path], text_key=text_key, counters=read)
+    corpus.check_bad_lines(path, read.as_dict(), max_dropped_fraction, "--max_dropped_fraction")
+    if read.bad_lines:
+      logging.warning("Corpus file %s: %s.", path, corpus.describe(read.as_dict()))
+    counters.merge(read)
   if not documents:
     raise ValueError(f"No text found in {list(inputs)}; pass files with one document per line.")
   model_path = train_sentencepiece(documents, output, vocab_size, model_type=model_type,
@@ -80,8 +94,9 @@ def main(argv):
     raise ValueError("Pass --input=FILES and --output=PREFIX.")
   if _VOCAB_SIZE.value < 1 or _NUM_THREADS.value < 1:
     raise ValueError("--vocab_size and --num_threads must be positive integers.")
+  corpus.check_max_dropped_fraction(_MAX_DROPPED.value)
   print(run(_INPUT.value, _VOCAB_SIZE.value, _OUTPUT.value, _MODEL_TYPE.value, _TEXT_KEY.value,
-            _NUM_THREADS.value))
+            _NUM_THREADS.value, _MAX_DROPPED.value))
 
 
 if __name__ == "__main__":

@@ -137,7 +137,8 @@ def format_table(results: Dict[str, Dict[str, float]], average: float) -> str:
 
 
 def _check_data(names, split: str, mixture: str, skip_missing: bool) -> None:
-  """FileNotFoundError when no task of `names` (or, without skip_missing, one) has data."""
+  """FileNotFoundError when no task of `names` (or, without skip_missing, one) has data;
+  ValueError naming the file and line of a malformed or incomplete example."""
   from glm_jax.superglue import sources  # pylint: disable=g-import-not-at-top
   missing = []
   for name in names:
@@ -150,6 +151,8 @@ def _check_data(names, split: str, mixture: str, skip_missing: bool) -> None:
       if not skip_missing:
         raise
       missing.append(str(e).split(";")[0])
+      continue
+    sources.load_records(task, split, source=source)  # every line parsed and its fields checked
   if missing and len(missing) == len(list(names)):
     raise FileNotFoundError(
         f"No SuperGLUE data for {mixture!r} ({split}): {missing[0]} (and "
