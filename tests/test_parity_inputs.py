@@ -120,5 +120,5 @@ def test_cli_writes_the_expected_keys_and_reports_differences(tmp_path, vocab_pa
   # A WikiText window without its document is a one-line error naming --data_dir.
   missing = run_module("glm_jax.parity", ["inputs", *args[:3], f"--data_dir={tmp_path}",
                                           "--tasks=wikitext_seq512"])
-  assert missing.returncode == 1 and "--data_dir" in missing.stderr
+  assert missing.returncode == 2 and "--data_dir" in missing.stderr
   assert "Traceback" not in missing.stderr

@@ -163,14 +163,15 @@ def test_train_vocab_cli(tmp_path):
 
 def test_train_vocab_cli_errors(tmp_path, capsys):
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
   from glm_jax.data import train_vocab  # pylint: disable=g-import-not-at-top
   flags.FLAGS(["train_vocab", "--input=/nonexistent.txt", f"--output={tmp_path / 'x'}"])
   try:
     with pytest.raises(SystemExit) as exit_info:
-      train_vocab.main([])
+      gin_utils.guarded(train_vocab.main)([])  # as gin_utils.run calls it
   finally:
     flags.FLAGS.unparse_flags()
-  assert exit_info.value.code == 1
+  assert exit_info.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "does not exist" in err[0]
 
