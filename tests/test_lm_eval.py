@@ -350,31 +350,6 @@ def test_xsum_evaluator(vocab, model, tmp_path):
     assert m[f"xsum/{k}"] == pytest.approx(200 / 3), k
 
 
-def test_seqio_tasks_yield_the_evaluator_rows(vocab, tmp_path):
-  from glm_jax.lm_eval import tasks  # pylint: disable=g-import-not-at-top
-  (tmp_path / "lambada.txt").write_text("\n".join(PASSAGES) + "\n")
-  wiki = tmp_path / "wiki"
-  wiki.mkdir()
-  (wiki / "test.txt").write_text(WIKI)
-  (wiki / "valid.txt").write_text(WIKI)
-  with open(tmp_path / "xsum.jsonl", "w") as f:
-    f.write(json.dumps({"document": "the cat sat .", "summary": "a cat."}) + "\n")
-  names = tasks.register_tasks(lambada_path=str(tmp_path / "lambada.txt"),
-                               wikitext_dir=str(wiki), xsum_path=str(tmp_path / "xsum.jsonl"),
-                               lambada_length=48, wikitext_length=16, wikitext_overlap=4,
-                               xsum_source_length=24, xsum_target_length=8)
-  assert set(names) == {"glm_lambada", "glm_lambada_uni", "glm_wikitext2",
-                        "glm_wikitext2_uni", "glm_xsum"}
-  got = tasks.task_rows("glm_lambada_uni", "test")
-  want = blank_rows.stack_rows(lambada.build_rows(PASSAGES, vocab, vocab.special,
-                                                  sequence_length=48, bidirectional=False))
-  for k in blank_rows.FEATURES:
-    np.testing.assert_array_equal(got[k], want[k])
-  wiki_rows = tasks.task_rows("glm_wikitext2", "validation")
-  assert wiki_rows["tokens"].shape[1] == wikitext.row_length(16)
-  assert tasks.task_rows("glm_xsum", "validation")["tokens"].shape == (1, 32)
-
-
 def test_xsum_recipe_is_the_deepspeed_scripts(tmp_path):
   import gin  # pylint: disable=g-import-not-at-top
   from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
