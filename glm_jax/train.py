@@ -304,8 +304,8 @@ def _check_settings(values: dict, config) -> None:
 
 
 def _check_vocabulary(vocab_spec: str, train_input: Callable) -> None:
-  """VOCABULARY must name a vocabulary that loads (synthetic batches need none)."""
-  if train_input is synthetic_batches:
+  """VOCABULARY must name a vocabulary that loads (synthetic batches and ids need none)."""
+  if train_input is synthetic_batches or vocab_spec == SYNTHETIC_VOCABULARY:
     return
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   try:

@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 
+from glm_jax import gin_utils
 from glm_jax.parity import trajectory
 
 from conftest import run_module, shared_fixture, shipped_fixture
@@ -182,7 +183,7 @@ def test_shipped_subsets_are_the_shared_numbers():
 ])
 def test_cli_errors_are_one_line(args, message):
   result = run_module("glm_jax.parity", args, timeout=120)
-  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.returncode == gin_utils.EXIT_USAGE, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("Error: ") and message in last, last
 
@@ -191,6 +192,6 @@ def test_unknown_trajectory_name_lists_the_names(tmp_path):
   result = run_module("glm_jax.parity", [
       "trajectory", f"--fixture_dir={shipped_fixture('glm_trajectory')}", "--name=tiny_b",
       f"--init={INIT}", f"--output={tmp_path / 'o.npz'}"], timeout=120)
-  assert result.returncode == 1
+  assert result.returncode == gin_utils.EXIT_USAGE
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("Error: No trajectory_tiny_b.json") and "tiny_a_accum2_deepspeed" in last

@@ -51,6 +51,16 @@ def _operative_value(text, name):
   return value
 
 
+def _tensorboard_scalars(model_dir, tag):
+  """[(step, value)] of one tag in MODEL_DIR/tensorboard, as TensorBoard reads it."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(os.path.join(model_dir, "tensorboard"),
+                                              size_guidance={event_accumulator.TENSORS: 0})
+  events.Reload()
+  return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+
+
 def _final_digest(model_dir):
   rows = checkpoints.describe(str(model_dir))
   return rows[-1]["step"], rows[-1]["sha256"]
@@ -81,7 +91,10 @@ def test_run_writes_metrics_configs_tensorboard_and_checkpoints(reference_run):
   assert sum(r["loss"] for r in train[-5:]) < sum(r["loss"] for r in train[:5]) - 0.5
   operative = open(os.path.join(model_dir, "operative_config.gin")).read()
   assert _operative_value(operative, "train.train_steps") == str(STEPS)
-  assert os.listdir(os.path.join(model_dir, "tensorboard"))
+  # TensorBoard holds the same scalars as metrics.jsonl.
+  for tag, rows in (("loss", train), ("eval/loss", evals)):
+    assert _tensorboard_scalars(model_dir, tag) == [
+        (r["step"], pytest.approx(r[tag], rel=1e-6)) for r in rows]  # float32 in the events
   rows = checkpoints.describe(str(model_dir))
   assert [r["step"] for r in rows] == [39, 40]  # every 3 steps and the last, keep 2
   # Same command again: already finished, nothing changes.
