@@ -26,10 +26,6 @@ def train_flops_per_token(config: GLMConfig, seq_len: int) -> float:
   return 6.0 * matmul_params(config) + 12.0 * config.num_layers * seq_len * config.hidden_size
 
 
-def forward_flops_per_token(config: GLMConfig, seq_len: int) -> float:
-  return train_flops_per_token(config, seq_len) / 3.0
-
-
 def measure_matmul_peak(size: int = 2048, repeats: int = 5, dtype=jnp.float32,
                         device=None) -> float:
   """FLOP/s of the best of `repeats` size x size matmuls on one device (the MFU probe)."""

@@ -1,7 +1,7 @@
 """Training metrics: MODEL_DIR/metrics.jsonl, TensorBoard event files and a progress bar.
 
 MODEL_DIR may be local or gs://: the JSONL goes through epath (glm_jax.paths), the event
-files through TensorBoard's writer, which uses TensorFlow's gfile. A damaged metrics.jsonl
+files through `tf.summary` (TensorFlow's file systems). A damaged metrics.jsonl
 (a line cut by a kill, a stray byte, a line that is not a record) never blocks a resume: its
 bad lines are dropped with one warning.
 """
@@ -11,13 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from typing import Dict, List, Optional, Tuple
 
 from absl import logging
 
-from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 import tqdm
 
 from glm_jax import paths
@@ -97,7 +94,9 @@ class MetricsWriter:
     self._tb = None
     if enabled:
       truncate_after(self.path, resume_step)
-      self._tb = EventFileWriter(str(paths.resolve(model_dir) / "tensorboard"))
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top  (loads TF only here)
+      self._summary = tf.summary
+      self._tb = tf.summary.create_file_writer(str(paths.resolve(model_dir) / "tensorboard"))
 
   def write(self, step: int, scalars: Dict[str, float]) -> None:
     if not self.enabled:
@@ -105,10 +104,9 @@ class MetricsWriter:
     record = {"step": int(step), **{k: _clean(v) for k, v in sorted(scalars.items())}}
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
-    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-              for k, v in scalars.items()]
-    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                       summary=summary_pb2.Summary(value=values)))
+    with self._tb.as_default(step=int(step)):
+      for k, v in scalars.items():
+        self._summary.scalar(k, float(v))
     self._tb.flush()
 
   def close(self) -> None:

@@ -45,7 +45,6 @@ _REMAT_POLICIES = {
         jax.checkpoint_policies.checkpoint_dots, _ATTENTION_RESIDUALS),
     "dots_no_batch": jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable, _ATTENTION_RESIDUALS),
-    "save_nothing": jax.checkpoint_policies.nothing_saveable,
 }
 
 
@@ -70,7 +69,7 @@ class GLMConfig:
   layernorm_epsilon: float = 1e-5
   dtype: str = "float32"  # compute dtype: 'float32' or 'bfloat16'
   param_dtype: str = "float32"
-  remat_policy: str = "none"  # 'none', 'full', 'dots', 'dots_no_batch', 'save_nothing'
+  remat_policy: str = "none"  # 'none', 'full', 'dots', 'dots_no_batch'
   scan_layers: bool = True
   initializer_std: float = 0.02
 
@@ -470,7 +469,3 @@ def init_cache(config: GLMConfig, batch_size: int, max_length: int):
   shapes = jax.eval_shape(
       lambda: GLM(config).init(jax.random.PRNGKey(0), tokens, positions, decode=True)["cache"])
   return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
-def count_params(params) -> int:
-  return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

@@ -1,4 +1,4 @@
-"""AdamW with GLM's decay mask, warmup + cosine/linear decay to a floor, and the clip factor.
+"""AdamW with GLM's decay mask, and warmup + cosine/linear decay to a floor.
 
 GLM_SPEC.md section 5: Adam betas (0.9, 0.98), eps 1e-6, weight decay 0.1 on everything but
 biases and LayerNorm parameters, clipping at global norm 1.0, linear warmup, then cosine (or
@@ -17,7 +17,6 @@ from typing import Callable, Optional, Tuple
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -81,18 +80,6 @@ def schedule_value(schedule: optax.Schedule, count) -> float:
   """
   with jax.enable_x64(True):
     return float(schedule(np.int64(count)))
-
-
-def clip_factor(norm, max_norm: Optional[float], eps: float = 0.0):
-  """The factor that brings a gradient of global norm `norm` to at most `max_norm`.
-
-  max_norm / (norm + eps) where that is below 1, else 1 (also for a NaN norm). eps 0 is
-  optax.clip_by_global_norm's rule; 1e-6 is the reference's (mpu.clip_grad_norm, DeepSpeed).
-  """
-  if not max_norm:
-    return jnp.ones_like(norm)
-  shifted = norm + eps
-  return jnp.where(shifted > max_norm, max_norm / shifted, 1.0).astype(norm.dtype)
 
 
 @gin.configurable

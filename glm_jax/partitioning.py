@@ -176,9 +176,8 @@ class Partitioner:
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, PartitionSpec())
 
-  def batch_sharding(self, ndim: int = 1) -> NamedSharding:
+  def batch_sharding(self) -> NamedSharding:
     """Rows over the batch axes; other dimensions replicated."""
-    del ndim
     return NamedSharding(self.mesh, PartitionSpec(BATCH_AXES))
 
   def rows_sharding(self, shape, name: str = "batch") -> NamedSharding:

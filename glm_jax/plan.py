@@ -174,8 +174,7 @@ def recompute_flops_per_token(config, seq_len: int) -> float:
   weight_matmuls = 2.0 * layers * (4 * h * h + 2 * h * f)  # qkv + out + mlp, forward
   attention = 4.0 * layers * seq_len * h  # q k^T and probs v, forward
   return {"none": 0.0, "dots": 0.0, "dots_no_batch": attention,
-          "full": weight_matmuls + attention,
-          "save_nothing": weight_matmuls + attention}[config.remat_policy]
+          "full": weight_matmuls + attention}[config.remat_policy]
 
 
 def _cost(compiled) -> Dict[str, float]:
@@ -579,7 +578,7 @@ def define_flags():
   flags.DEFINE_integer("microbatches", None, "Gradient-accumulation microbatches "
                        "(default: NUM_MICROBATCHES macro, else 1).")
   flags.DEFINE_string("remat_policy", None, "Override GLMConfig.remat_policy: none, full, dots, "
-                      "dots_no_batch, save_nothing.")
+                      "dots_no_batch.")
   flags.DEFINE_string("dtype", None, "Override the compute dtype (float32, bfloat16).")
   flags.DEFINE_string("param_dtype", None, "Override the parameter dtype.")
   flags.DEFINE_bool("packed", False, "Plan packed batches ([B, T] sep and segment_ids).")

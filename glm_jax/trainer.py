@@ -42,7 +42,7 @@ class Trainer:
   when the batch is split into `num_microbatches` accumulated with lax.scan
   (`loss_normalization='tokens'`); 'microbatch_mean' is the reference's: the mean over
   microbatches of each one's own token mean. The mean gradient is clipped to global norm
-  `clip_norm` (optim.clip_factor with `clip_eps`) before the optimizer; `microbatch_clip='each'`
+  `clip_norm` (optax.clip_by_global_norm) before the optimizer; `microbatch_clip='each'`
   also clips the gradient accumulated so far before each further microbatch is added (the
   reference's non-DeepSpeed path). Dropout keys are fold_in(PRNGKey(seed), step) (then the
   microbatch index), so a resumed run repeats them. `nan_action`: a step with a non-finite
@@ -53,15 +53,14 @@ class Trainer:
   def __init__(self, model: BaseModel, partitioner: partitioning.Partitioner,
                optimizer: optax.GradientTransformation, learning_rate_fn: Callable,
                seed: int = 0, num_microbatches: int = 1, nan_action: str = "skip",
-               clip_norm: Optional[float] = 1.0, clip_eps: float = 0.0,
+               clip_norm: Optional[float] = 1.0,
                loss_normalization: str = "tokens", microbatch_clip: str = "accumulated"):
     if nan_action not in NAN_ACTIONS:
       raise ValueError(f"nan_action must be one of {NAN_ACTIONS}, got {nan_action!r}.")
-    settings.check_types(Trainer, {"clip_norm": clip_norm, "clip_eps": clip_eps,
+    settings.check_types(Trainer, {"clip_norm": clip_norm,
                                    "loss_normalization": loss_normalization,
                                    "microbatch_clip": microbatch_clip})
     settings.in_range(Trainer, "clip_norm", clip_norm, 0.0, math.inf, low_open=True)
-    settings.in_range(Trainer, "clip_eps", clip_eps, 0.0, math.inf)
     if num_microbatches < 1:
       raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}.")
     if loss_normalization not in LOSS_NORMALIZATIONS:
@@ -82,7 +81,6 @@ class Trainer:
     self.num_microbatches = num_microbatches
     self.nan_action = nan_action
     self.clip_norm = clip_norm
-    self.clip_eps = clip_eps
     # With one microbatch both normalisations and both clip points coincide.
     self.microbatch_mean = loss_normalization == "microbatch_mean" and num_microbatches > 1
     self.clip_each = microbatch_clip == "each" and num_microbatches > 1 and bool(clip_norm)
@@ -202,9 +200,7 @@ class Trainer:
         # The reference's backward_step clips after every microbatch: the sum so far (in the
         # final mean's scale, / m) is clipped before the next microbatch is added; the last
         # clip is the step's own, after the scan.
-        norm = optax.global_norm(carry[0]) / m
-        factor = optim.clip_factor(norm, self.clip_norm, self.clip_eps)
-        carry = (_scale_tree(carry[0], factor),) + carry[1:]
+        carry = (_clip(carry[0], m * self.clip_norm),) + carry[1:]
       (loss_sum, aux), grads = grad_fn(params, microbatch, jax.random.fold_in(rng, index))
       if self.microbatch_mean:
         inverse = 1.0 / _positive(aux["weight_sum"])
@@ -221,12 +217,9 @@ class Trainer:
     rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), state.step)
     grads, loss_sum, denominator, aux = self._gradients(state.params, batch, rng)
     loss = loss_sum / denominator
-    # The norm of the mean gradient grads / denominator, from one read of the summed gradients,
-    # serves the metrics, the NaN check and the clip; the division and the clip are one scalar
-    # multiply inside `apply`, where XLA fuses it into the update's loops (each full pass over
-    # GLM-Base's gradients is 0.5 GB).
+    # The norm of the mean gradient grads / denominator (the metric and the NaN check); the
+    # clip in `apply` is optax's, which takes the norm of the mean gradient again.
     grad_norm = optax.global_norm(grads) / denominator
-    scale = optim.clip_factor(grad_norm, self.clip_norm, self.clip_eps) / denominator
     # An Inf or NaN anywhere in the gradients makes the norm's sum of squares non-finite, so
     # one scalar decides; the optimizer then runs only on finite steps (no full-state select).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -236,7 +229,10 @@ class Trainer:
 
     def apply(params_and_opt):
       params, opt_state = params_and_opt
-      updates, opt_state = self.optimizer.update(_scale_tree(grads, scale), opt_state, params)
+      mean = _scale_tree(grads, 1.0 / denominator)
+      if self.clip_norm:
+        mean = _clip(mean, self.clip_norm)
+      updates, opt_state = self.optimizer.update(mean, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
 
     params, opt_state = jax.lax.cond(finite, apply, lambda unchanged: unchanged,
@@ -265,6 +261,11 @@ def optimizer_updates(opt_state, default):
 
 def _positive(weight):
   return jnp.where(weight > 0, weight, 1.0)
+
+
+def _clip(tree, max_norm: float):
+  """optax.clip_by_global_norm: `tree` scaled to global norm max_norm where it is above."""
+  return optax.clip_by_global_norm(max_norm).update(tree, optax.EmptyState())[0]
 
 
 def _scale_tree(tree, factor):

@@ -163,30 +163,65 @@ def test_wikitext_rows_cover_the_stream(vocab, bidirectional, convention):
              for r in rows)
 
 
+def _direct_scores(cfg, params, rows):
+  """Per row (answer NLL, weight, every weighted target the argmax), one forward pass a row."""
+  out = []
+  for row in rows:
+    logits = np.asarray(GLM(cfg).apply({"params": params}, row["tokens"][None],
+                                       row["positions"][None], sep=np.array([row["sep"]])),
+                        np.float64)[0]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    w = row["loss_weights"] > 0
+    nll = -float(logp[np.arange(len(row["targets"])), row["targets"]][w].sum())
+    out.append((nll, int(w.sum()), bool(np.all(logits.argmax(-1)[w] == row["targets"][w]))))
+  return out
+
+
 def test_scores_match_a_direct_forward_pass(vocab, model):
   cfg, params = model
   rows = lambada.build_rows(PASSAGES, vocab, vocab.special, sequence_length=48)
   s = evaluate.score_rows(params, cfg, rows, batch_size=2)  # a padded last batch
-  batch = blank_rows.stack_rows(rows)
-  logits = np.asarray(GLM(cfg).apply({"params": params}, batch["tokens"], batch["positions"],
-                                     sep=batch["sep"]))
-  for i, row in enumerate(rows):
-    w = row["loss_weights"] > 0
-    logp = jax.nn.log_softmax(logits[i], -1)
-    nll = -float(np.sum(np.asarray(logp)[np.arange(48), row["targets"]][w]))
+  for i, (nll, weight, correct) in enumerate(_direct_scores(cfg, params, rows)):
     assert s["nll"][i] == pytest.approx(nll, rel=1e-5)
-    assert s["weight"][i] == w.sum()
-    assert s["correct"][i] == bool(np.all(logits[i].argmax(-1)[w] == row["targets"][w]))
+    assert s["weight"][i] == weight
+    assert s["correct"][i] == correct
+
+
+def _answerable(cfg, params, vocab, special, contexts, count):
+  """`count` passages: a context + the one-token word the model predicts after it."""
+  passages = []
+  for context in contexts:
+    probe = lambada.build_row(vocab.encode(context), [special.eos], special, sequence_length=48)
+    logits = np.asarray(GLM(cfg).apply({"params": params}, probe["tokens"][None],
+                                       probe["positions"][None], sep=np.array([probe["sep"]])))
+    token = int(logits[0, int(probe["sep"])].argmax())  # the prediction after sop
+    word = vocab.decode([token]).strip()
+    if word.isalpha() and list(vocab.encode(" " + word)) == [token]:
+      passages.append(f"{context} {word}")
+  assert len(passages) >= count, passages
+  return passages[:count]
 
 
 def test_lambada_evaluator(vocab, model, tmp_path):
+  from glm_jax import task_mask  # pylint: disable=g-import-not-at-top
   cfg, params = model
+  special = task_mask.special_tokens(vocab)
+  # The random model misses the three real passages' last words; two passages end in the word
+  # it predicts (one token, so every answer token is the argmax).
+  passages = PASSAGES + _answerable(cfg, params, vocab, special, [
+      "she opened the", "the cat sat on the", "he looked at the", "they walked to the",
+      "we found a", "it was a very"], count=2)
   path = tmp_path / "lambada.txt"
-  path.write_text("\n".join(PASSAGES) + "\n")
+  path.write_text("\n".join(passages) + "\n")
   m = evaluate.lambada(params, cfg, vocab, str(tmp_path / "out"), path=str(path),
                        sequence_length=48)
-  assert m["lambada/num_examples"] == 3 and 0.0 <= m["lambada/accuracy"] <= 1.0
-  assert 1.0 < m["lambada/word_token_ppl"] < 10 * cfg.vocab_size
+  direct = _direct_scores(cfg, params, lambada.build_rows(passages, vocab, special,
+                                                           sequence_length=48))
+  assert [c for _, _, c in direct] == [False, False, False, True, True]
+  assert m["lambada/num_examples"] == 5 and m["lambada/accuracy"] == pytest.approx(2 / 5)
+  nll, weight = sum(d[0] for d in direct), sum(d[1] for d in direct)
+  assert m["lambada/word_token_ppl"] == pytest.approx(math.exp(nll / weight), rel=1e-5)
   assert json.loads((tmp_path / "out" / "lambada.json").read_text()) == m
   with pytest.raises(FileNotFoundError, match="LAMBADA_PATH"):
     evaluate.lambada(params, cfg, vocab, None, path=str(tmp_path / "missing.txt"))
@@ -197,15 +232,18 @@ def test_wikitext_evaluator(vocab, model, tmp_path):
   (tmp_path / "test.txt").write_text(WIKI)
   m = evaluate.wikitext(params, cfg, vocab, None, directory=str(tmp_path), sequence_length=32,
                         overlap=8)
-  n_tok = m["wikitext2/num_tokens"]
-  assert m["wikitext2/num_words"] == len(WIKI.strip().split(" ")) - 1  # the reference's count
+  tokens = wikitext.tokenize(WIKI, vocab, "glm_jax")
+  words = len(WIKI.strip().split(" ")) - 1  # the reference's count
+  assert m["wikitext2/num_tokens"] == len(tokens) and m["wikitext2/num_words"] == words
   for v in ("bi", "uni"):
-    assert m[f"wikitext2/{v}/predicted_tokens"] == n_tok - 1
-    # One total loss, two units: log(word ppl) * words == log(token ppl) * tokens.
-    assert math.log(m[f"wikitext2/{v}/word_ppl"]) * m["wikitext2/num_words"] == pytest.approx(
-        math.log(m[f"wikitext2/{v}/token_ppl"]) * (n_tok - 1), rel=1e-5)
-  # A random model is close to uniform over the vocabulary.
-  assert 0.2 * cfg.vocab_size < m["wikitext2/bi/token_ppl"] < 5 * cfg.vocab_size
+    rows = wikitext.build_rows(tokens, vocab.special, sequence_length=32, overlap=8,
+                               bidirectional=v == "bi")
+    direct = _direct_scores(cfg, params, rows)
+    nll = sum(d[0] for d in direct)
+    assert m[f"wikitext2/{v}/predicted_tokens"] == sum(d[1] for d in direct) == len(tokens) - 1
+    assert m[f"wikitext2/{v}/token_ppl"] == pytest.approx(math.exp(nll / (len(tokens) - 1)),
+                                                          rel=1e-5)
+    assert m[f"wikitext2/{v}/word_ppl"] == pytest.approx(math.exp(nll / words), rel=1e-5)
   # The reference convention refuses windows beyond the position table; ours clips them.
   with pytest.raises(ValueError, match="WIKITEXT_SEQUENCE_LENGTH"):
     evaluate.wikitext(params, cfg, vocab, None, directory=str(tmp_path), sequence_length=1024,
@@ -284,44 +322,32 @@ def test_rouge_preparation_is_the_references():
 
 def test_xsum_evaluator(vocab, model, tmp_path):
   cfg, params = model
-  path = tmp_path / "xsum.jsonl"
-  with open(path, "w") as f:
-    for i in range(3):
-      f.write(json.dumps({"document": f"story {i} about a cat and a dog .",
-                          "summary": "a cat and a dog."}) + "\n")
-  dc = evaluate.XSUM_DECODING.replace(num_beams=2, max_new_tokens=4, min_length=2)
-  m = evaluate.xsum(params, cfg, vocab, str(tmp_path), path=str(path), split=None,
-                    decode_config=dc, source_length=64)
-  assert m["xsum/num_examples"] == 3
-  assert all(0.0 <= m[f"xsum/{k}"] <= 100.0 for k in ("rouge1", "rouge2", "rougeL"))
-  lines = [json.loads(l) for l in (tmp_path / "xsum_predictions.jsonl").read_text().splitlines()]
-  assert len(lines) == 3 and all(l["prediction"] for l in lines)
+  documents = [f"story {i} about a cat and a dog ." for i in range(3)]
+
+  def run(summaries, output_dir):
+    path = tmp_path / "xsum.jsonl"
+    path.write_text("".join(json.dumps({"document": d, "summary": s}) + "\n"
+                            for d, s in zip(documents, summaries)))
+    dc = evaluate.XSUM_DECODING.replace(num_beams=2, max_new_tokens=12, min_length=10)
+    m = evaluate.xsum(params, cfg, vocab, str(output_dir), path=str(path), split=None,
+                      decode_config=dc, source_length=64)
+    lines = (output_dir / "xsum_predictions.jsonl").read_text().splitlines()
+    return m, [json.loads(l) for l in lines]
+
+  m, lines = run(["a cat and a dog."] * 3, tmp_path / "first")
+  assert m["xsum/num_examples"] == 3 and len(lines) == 3
   assert lines[0]["reference"] == vocab.decode(vocab.encode("a cat and a dog."))
-
-
-def test_seqio_tasks_yield_the_evaluator_rows(vocab, tmp_path):
-  from glm_jax.lm_eval import tasks  # pylint: disable=g-import-not-at-top
-  (tmp_path / "lambada.txt").write_text("\n".join(PASSAGES) + "\n")
-  wiki = tmp_path / "wiki"
-  wiki.mkdir()
-  (wiki / "test.txt").write_text(WIKI)
-  (wiki / "valid.txt").write_text(WIKI)
-  with open(tmp_path / "xsum.jsonl", "w") as f:
-    f.write(json.dumps({"document": "the cat sat .", "summary": "a cat."}) + "\n")
-  names = tasks.register_tasks(lambada_path=str(tmp_path / "lambada.txt"),
-                               wikitext_dir=str(wiki), xsum_path=str(tmp_path / "xsum.jsonl"),
-                               lambada_length=48, wikitext_length=16, wikitext_overlap=4,
-                               xsum_source_length=24, xsum_target_length=8)
-  assert set(names) == {"glm_lambada", "glm_lambada_uni", "glm_wikitext2",
-                        "glm_wikitext2_uni", "glm_xsum"}
-  got = tasks.task_rows("glm_lambada_uni", "test")
-  want = blank_rows.stack_rows(lambada.build_rows(PASSAGES, vocab, vocab.special,
-                                                  sequence_length=48, bidirectional=False))
-  for k in blank_rows.FEATURES:
-    np.testing.assert_array_equal(got[k], want[k])
-  wiki_rows = tasks.task_rows("glm_wikitext2", "validation")
-  assert wiki_rows["tokens"].shape[1] == wikitext.row_length(16)
-  assert tasks.task_rows("glm_xsum", "validation")["tokens"].shape == (1, 32)
+  predictions = [l["prediction"] for l in lines]
+  assert all(len(p.split()) >= 5 for p in predictions), predictions  # kept by the filter
+  # The summaries depend on the documents only. Scored against themselves (two examples) and
+  # against words they do not use (one): each ROUGE F is 100, 100 and 0, mean 66.7.
+  unrelated = "zebra quartz violin harbour meadow"
+  assert not set(unrelated.split()) & set(predictions[2].lower().split())
+  m, lines = run(predictions[:2] + [unrelated], tmp_path / "second")
+  assert [l["prediction"] for l in lines] == predictions
+  assert [l["reference"] for l in lines[:2]] == predictions[:2]
+  for k in ("rouge1", "rouge2", "rougeL"):
+    assert m[f"xsum/{k}"] == pytest.approx(200 / 3), k
 
 
 def test_xsum_recipe_is_the_deepspeed_scripts(tmp_path):

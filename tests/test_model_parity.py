@@ -10,9 +10,15 @@ from glm_jax import convert
 from glm_jax import losses
 from glm_jax.model import GLM
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures",
-                        "glm_reference")
-pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="shared fixtures missing")
+from conftest import shared_fixture
+
+FIXTURES = shared_fixture("glm_reference")
+pytestmark = pytest.mark.skipif(FIXTURES is None, reason="../shared/fixtures missing")
+
+# Logit tolerances: float32 rounding. The fixture README's float64 re-derivation of the
+# reference is within 5e-7 of its logits (normal weights) and 3e-6 (stress weights, every
+# 2-D weight x5); this implementation measures 3.6e-7 and 2.4e-6.
+TOLERANCES = {"normal": ("", 1e-6), "stress": ("_stress", 3e-6)}
 
 SEP_CASES = ("blank_infill", "gpt_generation", "gap_sentence", "bidirectional", "near_causal")
 MASK_CASES = ("mask2d_equiv", "mask2d_seq2seq", "mask2d_packed_choices", "mask2d_random_zero_row")
@@ -23,10 +29,9 @@ def _load(name):
     return {k: data[k] for k in data.files}
 
 
-@pytest.fixture(scope="module", params=[("", 1e-4, 1e-5), ("_stress", 1e-4, 5e-5)],
-                ids=["normal", "stress"])
+@pytest.fixture(scope="module", params=sorted(TOLERANCES))
 def reference(request):
-  suffix, logit_tol, _ = request.param
+  suffix, logit_tol = TOLERANCES[request.param]
   state = _load(f"model_glm_tiny_a{suffix}.npz")
   config, params = convert.from_official_state_dict(state, num_heads=4)
   cases = _load(f"cases_glm_tiny_a{suffix}.npz")
@@ -49,7 +54,7 @@ def test_sep_form_logits_and_loss(reference, case):
   loss_sum, weight_sum, _ = losses.weighted_cross_entropy(logits, c("targets"), c("loss_mask"))
   np.testing.assert_allclose(float(loss_sum / weight_sum), float(c("loss")), rtol=1e-5)
   per_token = losses.per_token_cross_entropy(logits, c("targets"))
-  np.testing.assert_allclose(np.asarray(per_token), c("per_token_loss"), atol=10 * tol)
+  np.testing.assert_allclose(np.asarray(per_token), c("per_token_loss"), atol=2 * tol)
 
 
 @pytest.mark.parametrize("case", MASK_CASES)

@@ -341,23 +341,8 @@ def test_blank_infilling_preprocessor_deterministic_under_seed_manager():
     assert len(ex["tokens"]) <= 128 and ex["index"] >= 0
     mask_id = FIXTURE_TINY.mask_for(objectives.OBJECTIVES[ex["objective"]])
     np.testing.assert_array_equal(reassemble(ex, FIXTURE_TINY, mask_id)[0], raw)
-
-
-def test_blank_infilling_by_index_is_a_function_of_seed_and_index():
-  ds, raws = _raw_dataset()
-  kwargs = dict(sequence_length={"targets": 128}, special_tokens=FIXTURE_TINY, seed=17,
-                objective_probs=(0.5, 0.25, 0.25))
-  full = _collect(objectives.blank_infilling_by_index(ds, **kwargs))
-  resumed = _collect(objectives.blank_infilling_by_index(ds.skip(5), **kwargs))
-  assert len(resumed) == 3
-  for a, b in zip(full[5:], resumed):
-    for k in ("tokens", "positions", "targets", "loss_weights", "sep", "objective"):
-      np.testing.assert_array_equal(a[k], b[k])
-  other = _collect(objectives.blank_infilling_by_index(ds, **dict(kwargs, seed=18)))
-  assert any(len(a["tokens"]) != len(c["tokens"]) or (a["tokens"] != c["tokens"]).any()
-             for a, c in zip(full, other))
-  with pytest.raises(ValueError, match="'targets'"):
-    objectives.blank_infilling_by_index(ds.map(lambda f: {"index": f["index"]}), **kwargs)
+  with pytest.raises(ValueError, match="'targets'"), seqio.map_seed_manager(5):
+    objectives.blank_infilling(ds.map(lambda f: {"index": f["index"]}), **kwargs)
 
 
 @pytest.mark.parametrize("raw", [[1], [1, 9], [1, 9, 10], [9, 10, 11], [0, 0, 0, 0], [1, 0],

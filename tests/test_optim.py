@@ -1,4 +1,4 @@
-"""AdamW with GLM's decay mask (= torch AdamW), the two schedule conventions and the clip factor."""
+"""AdamW with GLM's decay mask (= torch AdamW) and the two schedule conventions."""
 
 import math
 
@@ -147,26 +147,3 @@ def test_adamw_is_torch_adamw_with_the_reference_groups():
     opt.step()
   np.testing.assert_allclose(ours["dense"]["kernel"], kernel.detach().numpy(), rtol=1e-6)  # ulps
   np.testing.assert_allclose(ours["dense"]["bias"], bias.detach().numpy(), rtol=1e-6)
-
-
-@pytest.mark.parametrize("scale", [0.5, 3.0])  # below and above the clip norm of 1
-def test_clip_factor_is_optax_clip_by_global_norm(scale):
-  rng = np.random.RandomState(0)
-  g = {"a": jnp.asarray(rng.randn(3, 4), jnp.float32), "b": jnp.asarray(rng.randn(5), jnp.float32)}
-  g = jax.tree_util.tree_map(lambda x: x * scale / float(optax.global_norm(g)), g)
-  expected, _ = optax.clip_by_global_norm(1.0).update(g, optax.EmptyState())
-  factor = optim.clip_factor(optax.global_norm(g), 1.0)
-  for k in g:
-    np.testing.assert_allclose(g[k] * factor, expected[k], rtol=1e-6)
-
-
-def test_clip_factor_reference_rule_and_edge_cases():
-  norm = jnp.float32(3.0)
-  assert float(optim.clip_factor(norm, 1.0, eps=1e-6)) == pytest.approx(1 / (3.0 + 1e-6),
-                                                                       rel=1e-7)
-  # The reference clips only when max / (norm + eps) < 1: a norm just below max is kept.
-  assert float(optim.clip_factor(jnp.float32(1.0 - 5e-7), 1.0, eps=1e-6)) < 1.0
-  assert float(optim.clip_factor(jnp.float32(1.0 - 5e-7), 1.0)) == 1.0
-  assert float(optim.clip_factor(jnp.float32(0.0), 1.0)) == 1.0
-  assert float(optim.clip_factor(norm, None)) == 1.0 and float(optim.clip_factor(norm, 0)) == 1.0
-  assert float(optim.clip_factor(jnp.float32(np.nan), 1.0)) == 1.0  # the NaN guard decides

@@ -131,12 +131,11 @@ def test_packing():
   assert _equal(again, packed[1])
 
 
-def test_builtin_and_vocabulary_for_task():
+def test_builtin_task_and_its_vocabulary():
   batch = next(pipeline.get_batches("glm_builtin", "train", sequence_length=128, batch_size=2,
                                     seed=0, num_batches=1))
   assert batch["tokens"].shape == (2, 128)
-  assert pipeline.get_vocabulary_for_task("glm_builtin").spec == "builtin"
-  assert pipeline.get_vocabulary_for_task("glm_c4").spec == "builtin"
+  assert tasks.get_source("glm_builtin").vocabulary.spec == "builtin"
 
 
 def test_prepared_corpus_with_the_bert_vocabulary(bert_corpus):
@@ -151,7 +150,7 @@ def test_prepared_corpus_with_the_bert_vocabulary(bert_corpus):
   corpus_words = set(open(TINY, encoding="utf-8").read().lower().split())
   assert sum(w in corpus_words for w in words) > len(words) // 2
   # The vocabulary defaults to the corpus's own.
-  assert pipeline.get_vocabulary_for_task(f"prepared:{directory}").spec == vocabulary.spec
+  assert tasks.get_source(f"prepared:{directory}").vocabulary.spec == vocabulary.spec
   # The same files read as a text: task with the BERT vocabulary give the same examples.
   again = _batches(f"text:{TINY}", num_batches=1, vocabulary=spec)[0]
   assert again["tokens"].max() < 30592

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from glm_jax import plan
+from glm_jax import gin_utils, plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(vocab_size=256, num_layers=2, hidden_size=64, num_heads=4, max_sequence_length=64)
@@ -17,8 +17,7 @@ TINY_BINDINGS = [f"--gin_bindings=model.GLMConfig.{k} = {v}" for k, v in TINY.it
 
 # Runs in a subprocess with 8 CPU devices: plans for several meshes and the rules' expectation.
 _MESHES_SCRIPT = textwrap.dedent("""
-    import json, math, sys
-    import flax.linen as nn
+    import json, sys
     import jax
     from glm_jax import models, optim, partitioning, plan, trainer
     from glm_jax.model import GLMConfig
@@ -36,19 +35,6 @@ _MESHES_SCRIPT = textwrap.dedent("""
       partitioner = partitioning.Partitioner(plan.parse_mesh(mesh))
       state = trainer.Trainer(model, partitioner, optimizer, lr_fn).abstract_state
       out[name] = {"params_bytes": plan.bytes_per_device(state.params)}
-    # What the rules say: leaves with an 'embed' axis divisible by the fsdp size are split.
-    boxed = model.abstract_params()
-    specs = jax.tree_util.tree_leaves(nn.get_partition_spec(boxed),
-                                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    shapes = jax.tree_util.tree_leaves(nn.meta.unbox(boxed))
-    def expected(fsdp):
-      total = 0
-      for spec, s in zip(specs, shapes):
-        size = math.prod(s.shape) * s.dtype.itemsize
-        dims = [i for i, a in enumerate(spec) if a == "embed" and s.shape[i] % fsdp == 0]
-        total += size // fsdp if dims else size
-      return total
-    out["expected"] = {str(f): expected(f) for f in (1, 4, 8)}
     print("RESULT" + json.dumps(out))
 """)
 
@@ -64,19 +50,28 @@ def mesh_plans():
   return json.loads(line[len("RESULT"):])
 
 
+# TINY by hand (float32, 4 bytes a parameter): word table 256 x 64 = 16384; position and
+# block-position tables 65 x 64 = 4160 each; per layer two LayerNorms 2 x 128, QKV 64 x 192 +
+# 192, attention output 64 x 64 + 64, MLP 64 x 256 + 256 and 256 x 64 + 64 = 49984; final
+# LayerNorm 128. Total 16384 + 2 x 4160 + 2 x 49984 + 128 = 124800.
+TINY_PARAMS = 124800
+# fsdp splits the 'embed' axis (hidden 64, divisible by 4 and 8) of every parameter that has
+# one; only the QKV biases (2 x 192) and the MLP input biases (2 x 256) have none: 896 stay whole.
+TINY_UNSPLIT = 2 * 192 + 2 * 256
+
+
 def test_parameter_memory_divides_as_the_rules_say(mesh_plans):
   assert mesh_plans["devices"] == 8
   one, fsdp8 = mesh_plans["one"], mesh_plans["fsdp8"]
-  expected = mesh_plans["expected"]
+  assert one["num_params"] == TINY_PARAMS
   params_1 = one["memory_per_device"]["params_bytes"]
-  assert params_1 == expected["1"] == one["memory_per_device"]["params_global_bytes"]
+  assert params_1 == 4 * TINY_PARAMS == one["memory_per_device"]["params_global_bytes"]
+  per_device = lambda fsdp: 4 * ((TINY_PARAMS - TINY_UNSPLIT) // fsdp + TINY_UNSPLIT)  # pylint: disable=unnecessary-lambda-assignment
   assert fsdp8["num_devices"] == 8 and fsdp8["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
-  assert fsdp8["memory_per_device"]["params_bytes"] == expected["8"]
-  # Almost everything has an 'embed' axis: close to 1/8 of the one-device bytes.
-  assert params_1 / 8 <= expected["8"] < params_1 / 8 * 1.1
+  assert fsdp8["memory_per_device"]["params_bytes"] == per_device(8) == 65536
   # 'data' replicates parameters; data:2 x fsdp:4 splits them four ways.
   assert mesh_plans["data8"]["params_bytes"] == params_1
-  assert mesh_plans["mixed"]["params_bytes"] == expected["4"]
+  assert mesh_plans["mixed"]["params_bytes"] == per_device(4) == 127488
 
 
 def test_optimizer_state_and_arguments_follow_the_parameters(mesh_plans):
@@ -151,7 +146,7 @@ def test_cli_simulates_the_mesh_devices_itself_and_writes_json(tmp_path):
 ])
 def test_cli_errors_are_one_line(args, message):
   result = _cli(*args)
-  assert result.returncode == 2
+  assert result.returncode == gin_utils.EXIT_USAGE  # bad settings: exit 2
   lines = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
   assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr
@@ -177,7 +172,7 @@ def test_recompute_flops_by_policy():
   by = lambda p: plan.recompute_flops_per_token(config.replace(remat_policy=p), t)  # pylint: disable=unnecessary-lambda-assignment
   assert by("none") == by("dots") == 0.0
   assert by("dots_no_batch") == 4.0 * layers * t * h
-  assert by("full") == by("save_nothing") == 2.0 * layers * 12 * h * h + 4.0 * layers * t * h
+  assert by("full") == 2.0 * layers * 12 * h * h + 4.0 * layers * t * h
   assert math.isclose(by("full") * 3, 6 * layers * 12 * h * h + 12 * layers * t * h)
 
 
@@ -197,17 +192,32 @@ def _lower(gin_file, seq_len, platform, *bindings, tmp_path=None):
   return json.loads(result.stdout[result.stdout.index("{"):]), mlir.read_text()
 
 
-@pytest.mark.parametrize("gin_file,seq_len,heads", [
-    ("configs/models/glm_large.gin", 1024, 16), ("configs/models/glm_10b.gin", 2048, 64)])
+# Parameters by hand (GLM_SPEC.md section 4): per layer QKV h x 3h + 3h, output h x h + h,
+# MLP h x 4h + 4h and 4h x h + h, two LayerNorms 4h; word table V x h, position and
+# block-position tables (P + 1) x h each, final LayerNorm 2h.
+# GLM-Large (h 1024, 24 layers, V 30592): 334,688,256 at its 512 positions (the paper's 335M);
+# at 1024 positions the two tables add 2 x 512 x 1024.
+# GLM-10B (h 4096, 48 layers, V 50304): 9,880,682,496 at its 1024 positions; at 2048 the
+# tables add 2 x 1024 x 4096.
+GLM_LARGE_PARAMS_1024 = 334_688_256 + 2 * 512 * 1024
+GLM_10B_PARAMS_2048 = 9_880_682_496 + 2 * 1024 * 4096
+
+
+@pytest.mark.parametrize("gin_file,seq_len,heads,num_params", [
+    ("configs/models/glm_large.gin", 1024, 16, GLM_LARGE_PARAMS_1024),
+    ("configs/models/glm_10b.gin", 2048, 64, GLM_10B_PARAMS_2048)])
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_fused_kernels_lower_the_train_step_without_dense_scores(tmp_path, gin_file, seq_len,
-                                                                heads, platform):
+                                                                heads, num_params, platform):
   # The real train step of GLM-Large at 1024 / GLM-10B at 2048, lowered for a GPU or a TPU on
   # this CPU: 'auto' picks the fused kernel (bf16, no attention dropout), whose custom calls
   # are in the module, and no [B, N, T, T] value is left.
   report, text = _lower(gin_file, seq_len, platform, "dtype = 'bfloat16'",
                         "attention_dropout = 0.0", tmp_path=tmp_path)
   assert report["lowered_for"] == platform and "compile_seconds" not in report
+  # float32 parameters, whole on one device; AdamW keeps two moments of each.
+  assert report["num_params"] == num_params
+  assert report["memory_per_device"]["params_bytes"] == 4 * num_params
   dense = f"2x{heads}x{seq_len}x{seq_len}x"
   assert report["dense_scores_elements"] == 2 * heads * seq_len * seq_len
   assert report["max_scores_elements"] == 0 and dense not in text

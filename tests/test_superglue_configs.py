@@ -64,7 +64,9 @@ def test_optimizer_schedule_and_epoch_bookkeeping():
   # 40 RTE train examples in the test slice, batch 16: 3 steps per epoch, 50 epochs.
   assert _macro("EVAL_PERIOD") == 3 == _macro("CHECKPOINT_PERIOD")
   assert _macro("TRAIN_STEPS") == 150
-  assert gin.query_parameter("train.train.train_input").scoped_configurable_fn is not None
+  # train.train reads %TRAIN_INPUT, which is the SuperGLUE cloze batches.
+  assert str(gin.query_parameter("train.train.train_input")) == "%TRAIN_INPUT"
+  assert gin.query_parameter("%TRAIN_INPUT").configurable.wrapped is inputs.get_batches.__wrapped__
   assert inputs.steps_per_epoch("copa", 16) == 5  # 40 COPA examples + 40 mirrored
 
 

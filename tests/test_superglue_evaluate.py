@@ -25,18 +25,23 @@ def data_dirs():
   gin.clear_config()
 
 
-def test_mixtures_and_seqio_task():
+def test_mixtures_and_the_tfds_seqio_tasks():
   from glm_jax.superglue import tasks  # pylint: disable=g-import-not-at-top
   assert tasks.task_names("superglue") == [f"superglue_{t}" for t in sources.TASKS]
   assert "superglue_record" not in tasks.task_names("superglue_no_record")
   assert len(tasks.task_names("superglue_no_record_tfds")) == 7
   assert tasks.task_names("rte") == ["superglue_rte"]  # TASK = 'rte' in the fine-tuning gin
+  assert tasks.task_names("fewglue_cb") == ["fewglue_cb"]
+  with pytest.raises(ValueError, match="superglue_no_record"):
+    tasks.task_names("superglue_rtee")
   import seqio  # pylint: disable=g-import-not-at-top
-  ds = seqio.get_mixture_or_task("superglue_cb").get_dataset(
-      sequence_length=None, split="validation", shuffle=False)
-  first = next(ds.as_numpy_iterator())
-  assert first["inputs_pretokenized"].decode().startswith("Valence was helping?[MASK].")
-  assert [c.decode() for c in first["candidates"]] == [" Yes", " No", " Maybe"]
+  mixture = seqio.get_mixture_or_task("superglue_no_record_tfds")
+  assert [t.name for t in mixture.tasks] == tasks.task_names("superglue_no_record_tfds")
+  assert set(mixture.tasks[0].output_features) == set(tasks.OUTPUT_FEATURES)
+  # The cloze features a TFDS record becomes.
+  first = tasks.cloze_features("cb", sources.load_records("cb", "validation")[0])
+  assert first["inputs_pretokenized"].startswith("Valence was helping?[MASK].")
+  assert first["candidates"] == [" Yes", " No", " Maybe"]
   assert first["label"] == 1 and json.loads(first["record"])["idx"] == 0
 
 

@@ -149,6 +149,26 @@ def test_microbatch_mean_normalisation_is_the_reference_s():
   assert abs(float(metrics["loss"]) - (l0 + l1) / 2) > 1e-4
 
 
+@pytest.mark.parametrize("clip", [0.05, None])
+def test_step_is_optax_clip_then_adamw_on_the_mean_gradient(clip):
+  batch = _batches(1)[0]
+  t = _trainer(clip_norm=clip)
+  state = t.init_state(jax.random.PRNGKey(0))
+  ((grads, _, _),) = _micro_gradients(state.params, batch, microbatches=1)
+  if clip:
+    assert _norm(grads) > 10 * clip  # the clip really scales
+  tx, _ = optim.create_optimizer(learning_rate=3e-3, warmup_steps=2, total_steps=20)
+  if clip:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  updates, _ = tx.update(grads, tx.init(state.params), state.params)
+  expected = optax.apply_updates(state.params, updates)
+  new_state, metrics = t.train_step(state, t.partitioner.shard_batch(batch, 8))
+  assert float(metrics["grad_norm"]) == pytest.approx(_norm(grads), rel=1e-5)  # before the clip
+  for got, want in zip(jax.tree_util.tree_leaves(new_state.params),
+                       jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
 def test_each_microbatch_clip_is_the_reference_s_non_deepspeed_path():
   """'each': the half-gradient of microbatch 0 is clipped before microbatch 1's is added."""
   batch = _batches(1)[0]

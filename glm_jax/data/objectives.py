@@ -34,13 +34,8 @@ Seqio preprocessors (signatures for the pipeline):
   blank_infilling(dataset, sequence_length=None, output_features=None, *, seeds,
                   objective_probs=(1., 0., 0.), special_tokens, ...)
       `seqio.map_over_dataset(num_seeds=2)`: seeds come from seqio's map seed manager.
-  blank_infilling_by_index(dataset, sequence_length=None, output_features=None, *, seed,
-                           index_feature='index', objective_probs, special_tokens, ...)
-      example k's randomness is a pure function of (seed, k): its seed is
-      `tf.random.experimental.stateless_fold_in(seed, dataset[index_feature])`, so a
-      resumed pipeline regenerates example k without replaying the stream.
 
-Both read feature 'targets' (the raw sample), REPLACE it by the layout targets and add
+It reads feature 'targets' (the raw sample), REPLACES it by the layout targets and adds
 tokens, positions, sep, loss_weights, the counters above and `objective`
 (0 token, 1 sentence, 2 document). Unlike the reference, which picks one objective per
 micro-batch, the objective is drawn per EXAMPLE with `objective_probs`; over a batch the
@@ -560,18 +555,3 @@ def blank_infilling(features: Mapping[str, tf.Tensor],
   as_seed = lambda s: tf.cast(tf.stack(s), tf.int64)
   return _apply(features, as_seed(seeds[1]), sequence_length,
                 dict(objective_kwargs, special=special_tokens, pick_seed=as_seed(seeds[0])))
-
-
-@seqio.map_over_dataset
-def blank_infilling_by_index(features: Mapping[str, tf.Tensor],
-                             sequence_length: Optional[Mapping[str, int]] = None,
-                             output_features=None, *, seed: Union[int, Sequence[int]],
-                             special_tokens: SpecialTokens, index_feature: str = "index",
-                             **objective_kwargs) -> dict:
-  """Like `blank_infilling`, with example k's seed = stateless_fold_in(seed, k)."""
-  del output_features
-  base = tf.constant([0, seed] if isinstance(seed, int) else list(seed), tf.int64)
-  example_seed = tf.random.experimental.stateless_fold_in(
-      base, tf.cast(features[index_feature], tf.int64))
-  return _apply(features, example_seed, sequence_length,
-                dict(objective_kwargs, special=special_tokens))

@@ -168,19 +168,3 @@ def get_batches(mixture_or_task_name: str, split: str = "train", *, sequence_len
     raise ValueError(f"Unknown task or mixture {mixture_or_task_name!r}; import "
                      "glm_jax.data.tasks or register it first.")
   return _streaming_batches(mixture_or_task_name, split, **kwargs)
-
-
-def get_vocabulary_for_task(name: str, vocabulary: Optional[str] = None):
-  """The vocabulary a task or mixture is read with (its `.spec` goes into checkpoints)."""
-  if tasks_lib.is_glm(name):
-    if vocabulary is not None:
-      from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-      return vocab_lib.get_vocabulary(vocabulary)
-    members = tasks_lib._mixture_members(name)  # pylint: disable=protected-access
-    return members[0][0].vocabulary
-  try:
-    provider = seqio.get_mixture_or_task(name)
-  except ValueError as e:
-    raise ValueError(f"Unknown task or mixture {name!r}; import glm_jax.data.tasks or "
-                     "register it first.") from e
-  return provider.output_features["targets"].vocabulary

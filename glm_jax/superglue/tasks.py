@@ -1,16 +1,17 @@
-"""seqio Tasks and Mixtures of the eight SuperGLUE tasks as cloze questions.
+"""SuperGLUE task and mixture names, and the TFDS seqio Tasks as cloze questions.
 
-Registered names (each yields one rendered example per record; features below):
+Task names (inputs.parse_task_name reads them):
   superglue_<task>        release JSONL under the gin macro SUPERGLUE_DIR (works offline)
   fewglue_<task>          FewGLUE 32-example train sets (FEWGLUE_DIR); validation/test from
                           SUPERGLUE_DIR
-  superglue_<task>_tfds   TFDS super_glue/<task> for users who have the TFDS data
-  mixtures: superglue, superglue_no_record, fewglue, superglue_tfds,
-            superglue_no_record_tfds (equal rates)
+  superglue_<task>_tfds   TFDS super_glue/<task>, a seqio Task, for users who have the TFDS data
+Mixtures (equal rates): superglue, superglue_no_record, fewglue, superglue_tfds,
+superglue_no_record_tfds; the two TFDS ones are also seqio Mixtures.
 
-Features: `inputs_pretokenized` (the pattern with [MASK]), `candidates` (answer strings),
-`label` (gold candidate index or -1), `record` (the flat record as JSON: the input of
-patterns.render, which the batching in inputs.py and the evaluator tokenize).
+The JSONL records are read directly (`sources.load_records`); TFDS records through their
+seqio Task, whose features are `inputs_pretokenized` (the pattern with [MASK]), `candidates`
+(answer strings), `label` (gold candidate index or -1) and `record` (the flat record as JSON:
+the input of patterns.render, which the batching in inputs.py and the evaluator tokenize).
 """
 
 from __future__ import annotations
@@ -41,57 +42,43 @@ _SIGNATURE = {
     "record": tf.TensorSpec([], tf.string),
 }
 
+_NO_RECORD = [t for t in sources.TASKS if t != "record"]
+MIXTURES = {
+    "superglue": [f"superglue_{t}" for t in sources.TASKS],
+    "superglue_no_record": [f"superglue_{t}" for t in _NO_RECORD],
+    "fewglue": [f"fewglue_{t}" for t in sources.TASKS],
+    "superglue_tfds": [f"superglue_{t}_tfds" for t in sources.TASKS],
+    "superglue_no_record_tfds": [f"superglue_{t}_tfds" for t in _NO_RECORD],
+}
+TASK_NAMES = frozenset(name for names in MIXTURES.values() for name in names)
 
-def _features(task: str, record: dict) -> dict:
+
+def cloze_features(task: str, record: dict) -> dict:
+  """The seqio features of one flat record (its default pattern)."""
   example = patterns.render(task, record)
   return {"inputs_pretokenized": patterns.pattern_text(example),
           "candidates": list(example.candidates), "label": example.label,
           "record": json.dumps(record)}
 
 
-def _from_records(task: str, records: List[dict]) -> tf.data.Dataset:
-  return tf.data.Dataset.from_generator(lambda: (_features(task, r) for r in records),
-                                        output_signature=_SIGNATURE)
-
-
-def _jsonl_dataset(split: str, shuffle_files: bool = False, seed=None, *, task: str,
-                   source: str) -> tf.data.Dataset:
-  del shuffle_files, seed  # one file per split; shuffling is the batcher's job
-  return _from_records(task, sources.load_records(task, split, source=source))
-
-
 def _tfds_to_cloze(dataset: tf.data.Dataset, *, task: str) -> tf.data.Dataset:
   """TFDS super_glue examples -> the cloze features (WSC needs the whole split)."""
-  return _from_records(task, sources.from_tfds(task, dataset.as_numpy_iterator()))
+  records = sources.from_tfds(task, dataset.as_numpy_iterator())
+  return tf.data.Dataset.from_generator(lambda: (cloze_features(task, r) for r in records),
+                                        output_signature=_SIGNATURE)
 
 
 def _register() -> None:
   for task in sources.TASKS:
-    for source in ("superglue", "fewglue"):
-      name = f"{source}_{task}"
-      if name not in seqio.TaskRegistry.names():
-        seqio.TaskRegistry.add(
-            name, seqio.FunctionDataSource(
-                functools.partial(_jsonl_dataset, task=task, source=source),
-                splits=sources.SPLITS),
-            output_features=OUTPUT_FEATURES)
     name = f"superglue_{task}_tfds"
     if name not in seqio.TaskRegistry.names():
       seqio.TaskRegistry.add(
           name, seqio.TfdsDataSource(f"super_glue/{_TFDS_CONFIGS[task]}:{TFDS_VERSION}"),
           preprocessors=[functools.partial(_tfds_to_cloze, task=task)],
           output_features=OUTPUT_FEATURES)
-  no_record = [t for t in sources.TASKS if t != "record"]
-  mixtures = {
-      "superglue": [f"superglue_{t}" for t in sources.TASKS],
-      "superglue_no_record": [f"superglue_{t}" for t in no_record],
-      "fewglue": [f"fewglue_{t}" for t in sources.TASKS],
-      "superglue_tfds": [f"superglue_{t}_tfds" for t in sources.TASKS],
-      "superglue_no_record_tfds": [f"superglue_{t}_tfds" for t in no_record],
-  }
-  for name, tasks in mixtures.items():
+  for name in ("superglue_tfds", "superglue_no_record_tfds"):
     if name not in seqio.MixtureRegistry.names():
-      seqio.MixtureRegistry.add(name, tasks, default_rate=1.0)
+      seqio.MixtureRegistry.add(name, MIXTURES[name], default_rate=1.0)
 
 
 _register()
@@ -101,13 +88,12 @@ def task_names(mixture_or_task: str) -> List[str]:
   """The task names of a mixture (or the one task; 'rte' is superglue_rte), in order."""
   if mixture_or_task in sources.TASKS:
     return [f"superglue_{mixture_or_task}"]
-  if mixture_or_task in seqio.MixtureRegistry.names():
-    return [t.name for t in seqio.get_mixture_or_task(mixture_or_task).tasks]
-  if mixture_or_task in seqio.TaskRegistry.names():
+  if mixture_or_task in MIXTURES:
+    return list(MIXTURES[mixture_or_task])
+  if mixture_or_task in TASK_NAMES:
     return [mixture_or_task]
   raise ValueError(f"Unknown SuperGLUE task or mixture {mixture_or_task!r}; use one of "
-                   f"{sorted(n for n in seqio.MixtureRegistry.names() if 'glue' in n)} or a "
-                   "task such as superglue_rte.")
+                   f"{sorted(MIXTURES)} or a task such as superglue_rte.")
 
 
 def tfds_records(task: str, split: str) -> List[dict]:
