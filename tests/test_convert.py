@@ -1,6 +1,5 @@
 """The converter CLI: reference checkpoint files -> a glm_jax checkpoint the tools load."""
 
-import os
 import subprocess
 import sys
 
@@ -10,10 +9,10 @@ import pytest
 from glm_jax import checkpoints
 from glm_jax import convert
 from glm_jax.model import GLM
+from conftest import shipped_fixture
+import reference_cases as ref
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures",
-                        "glm_reference")
-pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="shared fixtures missing")
+MODEL_NPZ = shipped_fixture("glm_reference", "model_glm_tiny_a.npz")
 
 
 def _run(*args):
@@ -21,19 +20,21 @@ def _run(*args):
                         text=True, timeout=300)
 
 
+@pytest.mark.parity
 def test_cli_npz_to_checkpoint_keeps_logits(tmp_path):
   out = tmp_path / "converted"
-  result = _run(f"--official={FIXTURES}/model_glm_tiny_a.npz", "--num_heads=4",
+  result = _run(f"--official={MODEL_NPZ}", "--num_heads=4",
                 f"--output_dir={out}", "--vocabulary=builtin")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "2 layers, hidden 64" in result.stdout
   params, config, vocab_spec, _ = checkpoints.load_params(str(out))
   assert vocab_spec == "builtin" and config.num_heads == 4
-  with np.load(os.path.join(FIXTURES, "cases_glm_tiny_a.npz")) as cases:
-    logits = GLM(config).apply({"params": params}, cases["blank_infill/input_ids"],
-                               cases["blank_infill/position_ids"],
-                               sep=cases["blank_infill/attention_mask"])
-    np.testing.assert_allclose(np.asarray(logits), cases["blank_infill/logits"], atol=1e-5)
+  cases, columns = ref.cases()
+  logits = GLM(config).apply({"params": params}, cases["blank_infill/input_ids"],
+                             cases["blank_infill/position_ids"],
+                             sep=cases["blank_infill/attention_mask"])
+  np.testing.assert_allclose(ref.columns_of(logits, columns), cases["blank_infill/logits"],
+                             atol=1e-5)
 
 
 def test_reference_directory_layout_is_read(tmp_path):
@@ -64,8 +65,8 @@ def test_missing_checkpoint_is_one_line(tmp_path):
   assert any(l.startswith("error:") and "does not exist" in l for l in result.stderr.splitlines())
 
 
+@pytest.mark.parity
 def test_wrong_num_heads_is_reported():
-  with np.load(os.path.join(FIXTURES, "model_glm_tiny_a.npz")) as data:
-    state = {k: data[k] for k in data.files}
+  state = ref.state_dict()
   with pytest.raises(ValueError, match="num_heads=5"):
     convert.from_official_state_dict(state, num_heads=5)
