@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Dict, Optional, Tuple
 
-from absl import app, flags, logging  # pylint: disable=g-multiple-import
+from absl import flags, logging  # pylint: disable=g-multiple-import
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -274,7 +274,6 @@ def describe(model_dir: str) -> list:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every handler it creates at INFO
   try:
     rows = describe(flags.FLAGS.model_dir)
   except (ValueError, FileNotFoundError) as e:
@@ -291,4 +290,5 @@ def main(argv):
 if __name__ == "__main__":
   flags.DEFINE_string("model_dir", None, "Training run directory (or one checkpoint).",
                       required=True)
-  app.run(main)
+  from glm_jax import console  # pylint: disable=g-import-not-at-top
+  console.run(main)

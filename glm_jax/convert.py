@@ -236,11 +236,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from glm_jax import console  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("official", None, "Reference checkpoint: directory, .pt or .npz.")
   flags.DEFINE_integer("num_heads", None, "Attention heads (not inferable from shapes).")
   flags.DEFINE_string("output_dir", None, "Where to write the glm_jax checkpoint.")
   flags.DEFINE_string("vocabulary", "wordpiece:bert-base-uncased-vocab.txt",
                       "Vocabulary spec stored with the checkpoint (see glm_jax.data.vocab).")
   flags.mark_flags_as_required(["official", "num_heads", "output_dir"])
-  app.run(main)
+  console.run(main)

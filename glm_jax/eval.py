@@ -28,7 +28,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import gin  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 
-from glm_jax import checkpoints, gin_utils, partitioning  # pylint: disable=g-import-not-at-top
+from glm_jax import checkpoints, gin_utils, partitioning, run_report  # pylint: disable=g-import-not-at-top,g-multiple-import
 from glm_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 from glm_jax.models import BlankInfillingModel  # pylint: disable=g-import-not-at-top
 
@@ -51,7 +51,8 @@ def infilling_evaluator(params, config, vocab_spec: str, output_dir: str, *,
                         seed: int = 0,
                         mesh_config: partitioning.MeshConfig = partitioning.MeshConfig()
                         ) -> Dict[str, float]:
-  """Loss and token accuracy of blank infilling on a task split (the trainer's eval step)."""
+  """Loss and token accuracy of blank infilling on a task split (the trainer's eval step),
+  and the accuracy of always predicting the most frequent target (eval/baseline_accuracy)."""
   del vocab_spec, output_dir
   if input_fn is None:
     from glm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -61,10 +62,13 @@ def infilling_evaluator(params, config, vocab_spec: str, output_dir: str, *,
   partitioner.check_batch_size(batch_size)
   shard_index, num_shards = partitioner.local_batch_slice(batch_size)
   eval_step = trainer_lib.make_eval_step(model, partitioner)
-  batches = (partitioner.shard_batch(b, batch_size) for b in input_fn(
+  baseline = run_report.TargetBaseline(config.vocab_size)
+  batches = (partitioner.shard_batch(baseline.add(b), batch_size) for b in input_fn(
       mixture_or_task_name, split, sequence_length=sequence_length, batch_size=batch_size,
       seed=seed, shard_index=shard_index, num_shards=num_shards, num_batches=num_batches))
-  return trainer_lib.evaluate(eval_step, params, batches)
+  results = trainer_lib.evaluate(eval_step, params, batches)
+  results[run_report.BASELINE_KEY] = baseline.result()[0]  # always the most frequent target
+  return results
 
 
 @gin.configurable

@@ -13,8 +13,10 @@ import re
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from absl import app, flags, logging  # pylint: disable=g-multiple-import
+from absl import flags
 import gin
+
+from glm_jax import console
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,14 +135,14 @@ def _first_line(error: BaseException) -> str:
 
 
 def run(main: Callable, argv: Optional[Sequence[str]] = None) -> None:
-  """app.run with --gin.NAME=VALUE support."""
+  """console.run (the quiet start, then app.run) with --gin.NAME=VALUE support."""
   argv = list(sys.argv if argv is None else argv)
   try:
     argv = rewrite_gin_args(argv)
   except ValueError as e:
     print(f"Error: {e}", file=sys.stderr)
     sys.exit(2)
-  app.run(main, argv=argv)
+  console.run(main, argv=argv)
 
 
 def exit_with_error(error: BaseException) -> None:
@@ -152,13 +154,10 @@ def exit_with_error(error: BaseException) -> None:
 
 
 def begin_cli(argv: Sequence[str], options: str) -> None:
-  """Common start of a CLI's main: no positional arguments; absl INFO off unless asked.
+  """Common start of a CLI's main: no positional arguments (console.run quiets the logs).
 
   `options` names typical flags for the error message, e.g. '--gin_file, --gin.NAME=VALUE'.
-  Orbax and seqio log at INFO on every save and load; --verbosity brings them back.
   """
   if len(argv) > 1:
     exit_with_error(ValueError(f"Unexpected arguments {list(argv[1:])}; every option is a flag "
                                f"({options}, ...)."))
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)

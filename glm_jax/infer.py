@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags, logging  # pylint: disable=g-multiple-import
 
-from glm_jax import host_memory
+from glm_jax import console, host_memory  # pylint: disable=g-multiple-import
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (trainer output or convert).")
@@ -91,4 +91,4 @@ def main(argv):
 
 if __name__ == "__main__":
   host_memory.reexec_with_tuned_malloc()
-  app.run(main)
+  console.run(main)

@@ -10,7 +10,9 @@ import os
 import sys
 from typing import Dict, List, Tuple
 
-from absl import app, flags
+from absl import flags
+
+from glm_jax import console
 
 FLAGS = flags.FLAGS
 
@@ -79,4 +81,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("metrics", None, "Path of a metrics.jsonl.", required=True)
   flags.DEFINE_string("output", "loss.png", "PNG to write.")
   flags.DEFINE_string("title", None, "Figure title (default: the run directory).")
-  app.run(main)
+  console.run(main)

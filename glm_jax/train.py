@@ -33,8 +33,9 @@ import jax
 import numpy as np
 
 from glm_jax import checkpoints, flops, gin_utils, metrics_writer, optim, partitioning
+from glm_jax import run_report
 from glm_jax import trainer as trainer_lib
-from glm_jax.models import BaseModel
+from glm_jax.models import BaseModel, BlankInfillingModel
 
 FLAGS = flags.FLAGS
 
@@ -243,6 +244,11 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
     writer.close()
     return state
 
+  report = run_report.RunReport(
+      model_dir=model_dir, train_steps=train_steps, sequence_length=sequence_length,
+      mixture_or_task_name=eval_mixture_or_task_name or mixture_or_task_name,
+      eval_input=eval_input or train_input, eval_batch_size=eval_batch_size,
+      eval_steps=eval_steps, enabled=is_chief)
   shard_index, num_shards = partitioner.local_batch_slice(batch_size)
   batches = train_input(mixture_or_task_name, "train", sequence_length=sequence_length,
                         batch_size=batch_size, seed=data_seed, start_batch=next_batch,
@@ -251,17 +257,17 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
   if eval_period:
     eval_shard, eval_shards = partitioner.local_batch_slice(eval_batch_size)
     eval_fn = eval_input or train_input
-    eval_batches = [partitioner.shard_batch(b, eval_batch_size) for b in eval_fn(
+    baseline = run_report.TargetBaseline(model.config.vocab_size)  # counted once, here
+    eval_batches = [partitioner.shard_batch(baseline.add(b), eval_batch_size) for b in eval_fn(
         eval_mixture_or_task_name or mixture_or_task_name, eval_split,
         sequence_length=sequence_length, batch_size=eval_batch_size, seed=data_seed,
         shard_index=eval_shard, num_shards=eval_shards, pack=pack, num_batches=eval_steps)]
+    if isinstance(model, BlankInfillingModel):  # its accuracy is target-token accuracy
+      report.set_baseline(baseline, vocab_spec)
 
   tokens_per_step = batch_size * sequence_length
   flops_per_step = flops.train_flops_per_token(model.config, sequence_length) * tokens_per_step
-  device = jax.devices()[0]
-  peak = flops.device_peak_flops(device)
-  if device.platform != "cpu":  # CPU devices of one host share its cores: one peak
-    peak *= jax.device_count()
+  peak = flops.PeakFlops(jax.devices())  # on CPU re-measured during the run
 
   preemption = _Preemption()
   bar = metrics_writer.ProgressBar(train_steps, start_step, enabled=is_chief and progress_bar)
@@ -290,18 +296,21 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
         if window_start is not None:
           elapsed = max(now - window_start, 1e-9)
           scalars["tokens_per_second"] = tokens_per_step * len(fetched) / elapsed
-          scalars["mfu"] = flops_per_step * len(fetched) / elapsed / peak
+          scalars["mfu"] = peak.mfu(flops_per_step * len(fetched) / elapsed)
         writer.write(state_step, scalars)
+        report.train(scalars)
+        if peak.maybe_reprobe():  # the probe's time is not training time
+          now = time.perf_counter()
         pending, window_start = [], now
       bar.update(1, scalars)
       if eval_batches is not None and (state_step % eval_period == 0 or is_last):
-        results = trainer_lib.evaluate(trainer.eval_step, state.params, eval_batches)
+        results = report.eval(state_step, trainer_lib.evaluate(trainer.eval_step, state.params,
+                                                               eval_batches))
         writer.write(state_step, results)
         if keep_best_metric:
           _keep_if_best(model_dir, keep_best_metric, best_mode, results, state, model.config,
                         vocab_spec)
-        bar.write(f"step {state_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in
-                                                     sorted(results.items())))
+        bar.write(report.eval_line(state_step, results))
         window_start = time.perf_counter()  # evaluation time is not training throughput
       if do_save:
         manager.save(state, next_batch=next_batch, config=model.config, vocab_spec=vocab_spec,
@@ -319,6 +328,7 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
     writer.close()
   if final_hook is not None and is_chief and state_step == train_steps:
     final_hook(state.params, model.config, vocab_spec)
+  report.print_summary(state_step, stopped=state_step < train_steps)
   return state
 
 
@@ -399,6 +409,5 @@ def define_flags():
 
 
 def cli():
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (seqio) start-up chatter
   define_flags()
   gin_utils.run(main)

@@ -16,9 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+
+if __name__ == "__main__":  # the quiet start must come before TensorFlow loads
+  from glm_jax import console  # pylint: disable=g-import-not-at-top
+  console.quiet_startup()
 from typing import Dict, Iterator, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
@@ -199,4 +202,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main)

@@ -13,9 +13,12 @@ from __future__ import annotations
 import io
 import os
 import sys
+
+if __name__ == "__main__":  # the quiet start must come before TensorFlow loads
+  from glm_jax import console  # pylint: disable=g-import-not-at-top
+  console.quiet_startup()
 from typing import Iterable, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import sentencepiece as spm
@@ -90,4 +93,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main)
