@@ -1,8 +1,19 @@
-"""Samples/s per core of the pretraining data pipeline (objective + feature conversion).
+"""Samples/s per core of the pretraining data pipeline.
 
+  python benchmarks/data_pipeline.py --corpus=DIR [--sequence_length=512] [--mix=base]
+      [--batch_size=64] [--num_batches=300]        # end to end, from a prepared corpus
   python benchmarks/data_pipeline.py [--raw_length=512] [--seconds=5]
-      [--consumed_samples_per_second=X]
+      [--consumed_samples_per_second=X]            # objective + feature conversion only
   python benchmarks/data_pipeline.py --reference_stats   # statistics vs the reference
+
+End to end (`--corpus`): `glm_jax.data.pipeline.get_batches` over `prepared:DIR`, exactly the
+trainer's input: raw samples drawn from random positions of the whole corpus, objectives,
+padding or packing, this host's shard of each global batch, numpy batches. It prints
+samples per CPU-second of the process (all its threads: the per-core figure) and per wall
+second, resident memory (anonymous and file-backed, /proc/self/status) after the warm-up and
+at the end, and what one host must feed GLM-Large at T = 512 (the formula is printed):
+samples/s = chips x peak FLOP/s x MFU / (FLOPs per token x T), FLOPs per token =
+glm_jax.flops.train_flops_per_token (6 N + 12 L T h).
 
 Raw samples are the reference collator's own inputs (by default the first 300 of its 2000
 samples of 512 BERT tokens, shipped in tests/fixtures/glm_reference; pass
@@ -46,6 +57,12 @@ _STATS = flags.DEFINE_bool(
     "reference_stats", False,
     "Instead of timing: statistics of each objective on all fixture samples next to the "
     "reference collator's (collator_stats_glm_tiny_a.json).")
+_CORPUS = flags.DEFINE_string("corpus", None, "End to end from this prepared corpus.")
+_SEQUENCE_LENGTH = flags.DEFINE_integer("sequence_length", 512, "Model length T (--corpus).")
+_MIX = flags.DEFINE_string("mix", "base", "Objective mix (tasks.MIXES) for --corpus.")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 300, "Timed batches (--corpus).")
+_START_BATCH = flags.DEFINE_integer("start_batch", 1000, "First batch (--corpus).")
+_THREADS = flags.DEFINE_integer("threads", None, "--corpus: tf.data threads (None: all).")
 _INPUTS = flags.DEFINE_string(
     "inputs", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
                            "fixtures", "glm_reference", "collator_inputs_glm_tiny_a_300.npz"),
@@ -126,8 +143,73 @@ def _reference_stats(texts, special):
   print(json.dumps({"samples": len(texts), "ours_vs_reference": out}))
 
 
+# Hosts: (chips, peak bf16 FLOP/s per chip). v5e: 197 TFLOP/s; H100 SXM: 989 TFLOP/s dense.
+HOSTS = {"v5e-8": (8, 197e12), "8xH100": (8, 989e12)}
+MFU = 0.5
+
+
+def _memory() -> dict:
+  out = {}
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(("RssAnon", "RssFile", "VmHWM")):
+        key, value = line.split(":")
+        out[key] = round(int(value.split()[0]) / 1024, 1)
+  return out
+
+
+def feed_requirement(sequence_length: int) -> dict:
+  """Samples/s one host must feed GLM-Large at `sequence_length` and 50% MFU."""
+  from glm_jax import flops  # pylint: disable=g-import-not-at-top
+  from glm_jax.model import GLMConfig  # pylint: disable=g-import-not-at-top
+  config = GLMConfig(vocab_size=30592, num_layers=24, hidden_size=1024, num_heads=16,
+                     max_sequence_length=512)
+  per_token = flops.train_flops_per_token(config, sequence_length)
+  out = {"formula": "samples/s = chips * peak * MFU / (train_flops_per_token * T)",
+         "train_flops_per_token": per_token, "mfu": MFU}
+  for host, (chips, peak) in HOSTS.items():
+    out[host] = round(chips * peak * MFU / (per_token * sequence_length), 1)
+  return out
+
+
+def end_to_end(corpus: str) -> dict:
+  """get_batches over a prepared corpus: samples per CPU-second and per wall second."""
+  from glm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from glm_jax.data import tasks  # pylint: disable=g-import-not-at-top
+  name = tasks.register_prepared_task("benchmark_corpus", corpus, mix=_MIX.value)
+  kwargs = dict(sequence_length=_SEQUENCE_LENGTH.value, batch_size=_BATCH.value, seed=0,
+                pack=_PACK.value, num_threads=_THREADS.value)
+  batches = pipeline.get_batches(name, "train", start_batch=_START_BATCH.value, **kwargs)
+  for _ in range(20):
+    next(batches)  # warm-up: tracing, first reads
+  warm = _memory()
+  rows, start, cpu = 0, time.perf_counter(), time.process_time()
+  for _ in range(_NUM_BATCHES.value):
+    rows += next(batches)["tokens"].shape[0]
+  wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+  source = tasks.get_source(name)
+  manifest = source.components[0].manifest
+  need = feed_requirement(_SEQUENCE_LENGTH.value)
+  per_core = rows / cpu
+  return {
+      "corpus": {"tokens": manifest["splits"]["train"]["tokens"],
+                 "documents": manifest["splits"]["train"]["documents"],
+                 "characters": manifest["counters"]["characters"]},
+      "sequence_length": _SEQUENCE_LENGTH.value, "mix": _MIX.value, "batch_size": _BATCH.value,
+      "pack": _PACK.value, "samples": rows, "cores": os.cpu_count(), "threads": _THREADS.value,
+      "samples_per_cpu_second": round(per_core, 1),
+      "samples_per_wall_second": round(rows / wall, 1),
+      "memory_mib_after_warmup": warm, "memory_mib_at_end": _memory(),
+      "feed_requirement_samples_per_second": need,
+      "host_cores_needed": {h: round(need[h] / per_core, 2) for h in HOSTS},
+  }
+
+
 def main(argv):
   del argv
+  if _CORPUS.value:
+    print(json.dumps(end_to_end(_CORPUS.value)))
+    return
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)
   special = dataclasses.replace(BERT_WORDPIECE, sentence_end_ids=(1012, 1029, 999, 1025, 1024))

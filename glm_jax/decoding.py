@@ -41,6 +41,9 @@ class DecodeConfig:
   top_p: float = 0.0  # 'sample'; 0 or 1 = off
   num_beams: int = 4  # 'beam'
   length_penalty: float = 1.0  # 'beam': score = sum log p / length ** length_penalty
+  # 'beam': whether a finished hypothesis' closing end token counts in that length (the
+  # reference's BeamSearchScorer divides by the tokens before it: False).
+  penalty_counts_end: bool = True
   no_repeat_ngram_size: int = 0  # 0 = off
   stop_at_eos: bool = True  # eos ends a blank like eop (the reference's end tokens)
   max_steps: int = 0  # cap on decode steps over all blanks; 0 = none (benchmarks use it)
@@ -358,7 +361,8 @@ def _decode_beam(params, context, context_length, mask_positions, num_blanks, rn
     cand_out = st["out"][src].at[
         jnp.arange(batch)[:, None], jnp.arange(2 * k)[None, :], new_len - 1].set(token)
     cand_fin = jnp.where(final & (top_score > NEG / 2),
-                         _length_norm(top_score, new_len, dc.length_penalty), NEG)
+                         _length_norm(top_score, new_len - (0 if dc.penalty_counts_end else 1),
+                                      dc.length_penalty), NEG)
     pool_score = jnp.concatenate([fin_score, cand_fin], 1)
     pool_out = jnp.concatenate([fin_out, cand_out], 1)
     pool_len = jnp.concatenate([fin_len, new_len], 1)
@@ -393,30 +397,38 @@ def _decode_beam(params, context, context_length, mask_positions, num_blanks, rn
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(config, special, dc: DecodeConfig, use_cache: bool, return_logits: bool):
+def _compiled(config, special, dc: DecodeConfig, use_cache: bool, return_logits: bool,
+              out_sharding=None):
   fn = _decode_beam if dc.strategy == "beam" else _decode_simple
   return jax.jit(functools.partial(fn, config=config, special=special, dc=dc,
-                                   use_cache=use_cache, return_logits=return_logits))
+                                   use_cache=use_cache, return_logits=return_logits),
+                 out_shardings=out_sharding)
 
 
 def fill_blanks(params, config: model_lib.GLMConfig, special, context, context_length,
                 mask_positions, num_blanks=None, *, decode_config: DecodeConfig = DecodeConfig(),
-                seed: int = 0, use_cache: bool = True, return_logits: bool = False
-                ) -> DecodeResult:
+                seed: int = 0, use_cache: bool = True, return_logits: bool = False,
+                partitioner=None) -> DecodeResult:
   """Fills the blanks of a batch of Part A's; one compiled program per shape and config.
 
   context [B, Tc], context_length [B], mask_positions [B, M] (ascending, padded with any
   valid position), num_blanks [B] (default M). `params` may be scanned (they are unstacked
   here; call `unstack_layers` once yourself to avoid repeating that copy).
+
+  With a partitioner (default: `partitioning.active()`) the decode runs under its mesh and
+  rules: params stay in their shardings, the rows are split over the batch axes and the
+  result is replicated, so every process (multi-host) gets all of it.
   """
-  context = jnp.asarray(context, jnp.int32)
-  context_length = jnp.asarray(context_length, jnp.int32)
-  mask_positions = jnp.asarray(mask_positions, jnp.int32)
+  from glm_jax import partitioning  # pylint: disable=g-import-not-at-top
+  partitioner = partitioner or partitioning.active()
+  context = np.asarray(context, np.int32)
+  context_length = np.asarray(context_length, np.int32)
+  mask_positions = np.asarray(mask_positions, np.int32)
   if context.ndim != 2 or mask_positions.ndim != 2 or mask_positions.shape[1] < 1:
     raise ValueError("context must be [batch, length] and mask_positions [batch, masks>=1].")
   if num_blanks is None:
-    num_blanks = jnp.full((context.shape[0],), mask_positions.shape[1], jnp.int32)
-  num_blanks = jnp.asarray(num_blanks, jnp.int32)
+    num_blanks = np.full((context.shape[0],), mask_positions.shape[1], np.int32)
+  num_blanks = np.asarray(num_blanks, np.int32)
   if context.shape[1] > config.max_sequence_length:
     raise ValueError(f"Context of {context.shape[1]} tokens exceeds max_sequence_length "
                      f"{config.max_sequence_length}; shorten the prompt.")
@@ -426,9 +438,15 @@ def fill_blanks(params, config: model_lib.GLMConfig, special, context, context_l
   if decode_config.strategy == "beam" and return_logits:
     raise ValueError("return_logits is only available for greedy and sample decoding.")
   params, config = unstack_layers(params, config)
-  fn = _compiled(config, special, decode_config, use_cache, return_logits)
-  return fn(params, context, context_length, mask_positions, num_blanks,
-            jax.random.PRNGKey(seed))
+  inputs = (context, context_length, mask_positions, num_blanks)
+  if partitioner is None:
+    fn = _compiled(config, special, decode_config, use_cache, return_logits)
+    return fn(params, *inputs, jax.random.PRNGKey(seed))
+  fn = _compiled(config, special, decode_config, use_cache, return_logits,
+                 partitioner.replicated())
+  rng = partitioner.put_replicated(np.asarray(jax.random.PRNGKey(seed)))
+  with partitioner.under_mesh():
+    return fn(params, *partitioner.put_global(inputs, "decoding batch"), rng)
 
 
 def split_blanks(tokens, length, special, decode_config: Optional[DecodeConfig] = None):

@@ -1,9 +1,11 @@
 """Text in, filled text out: `glm_jax.generate(texts, checkpoint=DIR)` (GLM_SPEC.md section 7).
 
-Each text may hold `[MASK]`, `[sMASK]` or `[gMASK]` tokens; a text without one gets
-` [gMASK]` appended (open-ended generation). Part A is `[CLS] text` (plus eos unless the
-text ends in a mask, as the reference does); the blanks are filled left to right by
-`glm_jax.decoding` and written back into the text.
+Each text may hold mask tokens: `[MASK]`, and for a model trained with task masks (the
+checkpoint's vocabulary, or `task_mask=`) also `[sMASK]` and `[gMASK]`. A text without one
+gets the generation mask appended (` [gMASK]` with task masks, else ` [MASK]`). Part A is
+`[CLS] text`, plus eos unless the text ends in `[gMASK]`, as the reference's
+generate_samples.py; the blanks are filled left to right by `glm_jax.decoding` and written
+back into the text.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from glm_jax import decoding
+from glm_jax import task_mask as task_mask_lib
 
 MASK_PATTERN = re.compile(r"\[(gMASK|sMASK|MASK)\]")
 
@@ -29,13 +32,20 @@ class Prompt:
   pieces: Tuple[str, ...]  # len(mask_positions) + 1 text pieces around the masks
 
 
-def build_prompt(text: str, vocabulary) -> Prompt:
-  """Tokenizes `text` with its mask tokens into a Part A (`[CLS] text [eos]`)."""
+def build_prompt(text: str, vocabulary, task_mask: Optional[bool] = None) -> Prompt:
+  """Tokenizes `text` with its mask tokens into a Part A (`[CLS] text [eos]`).
+
+  `task_mask` None follows the vocabulary (see glm_jax/task_mask.py, TASK_MASK).
+  """
   if not text.strip():
     raise ValueError("A prompt is empty; give some text (with [MASK], [sMASK] or [gMASK]).")
-  special = vocabulary.special
-  if not MASK_PATTERN.search(text):
-    text = text.rstrip() + " [gMASK]"
+  special = task_mask_lib.special_tokens(vocabulary, task_mask)
+  masks = MASK_PATTERN.findall(text)
+  if not special.task_mask and set(masks) - {"MASK"}:
+    raise ValueError(f"The prompt uses [{sorted(set(masks) - {'MASK'})[0]}], but this model was "
+                     "trained without task masks (GLM-Base/Large/Doc/RoBERTa): use [MASK].")
+  if not masks:
+    text = text.rstrip() + (" [gMASK]" if special.task_mask else " [MASK]")
   mask_ids = {"MASK": special.mask, "sMASK": special.smask, "gMASK": special.gmask}
   tokens, positions, pieces = [special.cls], [], []
   last = 0
@@ -51,7 +61,7 @@ def build_prompt(text: str, vocabulary) -> Prompt:
   pieces.append(tail)
   if tail.strip():
     tokens.extend(int(t) for t in vocabulary.encode(tail))
-  if not text.rstrip().endswith("MASK]"):
+  if not text.rstrip().endswith("[gMASK]"):  # the reference: only a trailing [gMASK] has none
     tokens.append(special.eos)
   return Prompt(tuple(tokens), tuple(positions), tuple(pieces))
 
@@ -93,11 +103,16 @@ def fill_text(prompt: Prompt, fills: Sequence[str]) -> str:
   return "".join(out).strip()
 
 
-def load(checkpoint: str):
-  """(params, config, vocabulary) of a checkpoint directory written by the trainer."""
-  from glm_jax import checkpoints  # pylint: disable=g-import-not-at-top
+def load(checkpoint: str, partitioner=None):
+  """(params, config, vocabulary) of a checkpoint (local or gs://) written by the trainer.
+
+  The parameters are restored straight into their shardings on the partitioner's mesh
+  (default: the active one, else all devices on the data axis).
+  """
+  from glm_jax import checkpoints, partitioning  # pylint: disable=g-import-not-at-top
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  params, config, vocab_spec, _ = checkpoints.load_params(checkpoint)
+  partitioner = partitioner or partitioning.active() or partitioning.Partitioner()
+  params, config, vocab_spec, _ = checkpoints.load_sharded_params(checkpoint, partitioner)
   return params, config, vocab_lib.get_vocabulary(vocab_spec)
 
 
@@ -107,18 +122,25 @@ def generate(texts: Union[str, Sequence[str]], *, checkpoint: Optional[str] = No
              top_k: int = 0, top_p: float = 0.0, num_beams: int = 4,
              length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, seed: int = 0,
              batch_size: int = 8, decode_config: Optional[decoding.DecodeConfig] = None,
-             return_fills: bool = False):
+             return_fills: bool = False, partitioner=None,
+             task_mask: Optional[bool] = None):
   """Fills the masks of one text (returns a str) or of several (returns a list).
 
   Pass `checkpoint=DIR`, or `params`, `config` and `vocabulary` already loaded. With
-  `return_fills=True` each result is (filled_text, [fill of each blank]).
+  `return_fills=True` each result is (filled_text, [fill of each blank]). Decoding runs
+  under the partitioner's mesh (default: the active one; with `checkpoint`, all devices on
+  the data axis): every process of a multi-host run gets every result. `task_mask`
+  overrides the checkpoint's task-mask flag (None: its vocabulary's).
   """
+  from glm_jax import partitioning  # pylint: disable=g-import-not-at-top
   single = isinstance(texts, str)
   texts = [texts] if single else list(texts)
   if not texts:
     raise ValueError("No texts to fill; pass a string or a non-empty list of strings.")
+  partitioner = partitioner or partitioning.active()
   if checkpoint is not None:
-    params, config, vocabulary = load(checkpoint)
+    partitioner = partitioner or partitioning.Partitioner()
+    params, config, vocabulary = load(checkpoint, partitioner)
   if params is None or config is None or vocabulary is None:
     raise ValueError("Pass checkpoint=DIR, or params, config and vocabulary together.")
   if decode_config is None:
@@ -127,7 +149,7 @@ def generate(texts: Union[str, Sequence[str]], *, checkpoint: Optional[str] = No
         temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
         length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
   params, config = decoding.unstack_layers(params, config)
-  prompts = [build_prompt(t, vocabulary) for t in texts]
+  prompts = [build_prompt(t, vocabulary, task_mask) for t in texts]
   results: List = []
   for start in range(0, len(prompts), batch_size):
     chunk = prompts[start:start + batch_size]
@@ -135,7 +157,7 @@ def generate(texts: Union[str, Sequence[str]], *, checkpoint: Optional[str] = No
         chunk, config.max_sequence_length)
     out = decoding.fill_blanks(params, config, vocabulary.special, context, lengths,
                                mask_positions, num_blanks, decode_config=decode_config,
-                               seed=seed + start)
+                               seed=seed + start, partitioner=partitioner)
     tokens, out_lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     for i, prompt in enumerate(chunk):
       blanks = decoding.split_blanks(tokens[i], out_lengths[i], vocabulary.special,

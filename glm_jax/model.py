@@ -17,21 +17,28 @@ from typing import Any, Optional
 import flax.linen as nn
 import gin
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
-from glm_jax import attention as attention_lib
-from glm_jax import backend
 from glm_jax import dropout as dropout_lib
-from glm_jax import matmul
+from glm_jax.kernels import cudnn as cudnn_lib
+from glm_jax.kernels import mask as mask_lib
+from glm_jax.kernels import select
+from glm_jax.kernels import splash as splash_lib
+from glm_jax.kernels import xla as xla_lib
+from glm_jax.kernels.cpu import attention as cpu_attention
+from glm_jax.kernels.cpu import matmul as cpu_matmul
 
-MASK_FILL = attention_lib.MASK_FILL
+MASK_FILL = mask_lib.MASK_FILL
+attention_mask = mask_lib.attention_mask
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-# The attention core's output and log-sum-exp (glm_jax/attention.py) are [B, N, T, D] and
-# [B, N, T]: the dot policies keep them too, so the backward does not rerun the forward core.
-# glm_jax/matmul.py's projections are custom_vjp calls, named so that these policies save them.
+# The attention cores' outputs and log-sum-exps (glm_jax/kernels/cpu/attention.py, splash.py)
+# are [B, N, T, D] and [B, N, T]: the dot policies keep them too, so the backward does not rerun
+# the forward core. The CPU layer's projections (glm_jax/kernels/cpu/matmul.py) are custom_vjp
+# calls, named so that these policies save them.
 _ATTENTION_RESIDUALS = jax.checkpoint_policies.save_only_these_names(
-    "attention_out", "attention_lse", matmul.OUTPUT_NAME)
+    "attention_out", "attention_lse", cpu_matmul.OUTPUT_NAME)
 _REMAT_POLICIES = {
     "full": None,  # save nothing; recompute the whole layer in the backward pass
     "dots": jax.checkpoint_policies.save_from_both_policies(
@@ -57,9 +64,9 @@ class GLMConfig:
   attention_dropout: float = 0.1
   hidden_dropout: float = 0.1
   dropout_implementation: str = "hash"  # 'hash' (fast counter-based) or 'threefry' (nn.Dropout)
-  # 'manual_vjp': glm_jax/attention.py's hand-written backward (hash dropout only);
-  # 'autodiff': jax.grad of the plain einsum / softmax / einsum.
-  attention_implementation: str = "manual_vjp"
+  # 'auto' (the fastest kernel the mesh's platform supports for the call), 'xla', 'cudnn',
+  # 'splash' or 'cpu_blocked': glm_jax/kernels/ (docs/performance.md, "Attention kernels").
+  attention_kernel: str = "auto"
   layernorm_epsilon: float = 1e-5
   dtype: str = "float32"  # compute dtype: 'float32' or 'bfloat16'
   param_dtype: str = "float32"
@@ -68,6 +75,17 @@ class GLMConfig:
   initializer_std: float = 0.02
 
   def __post_init__(self):
+    from glm_jax import settings  # pylint: disable=g-import-not-at-top
+    cls = type(self)
+    settings.check_types(cls, dataclasses.asdict(self))
+    for name in ("vocab_size", "num_layers", "hidden_size", "num_heads", "ffn_size",
+                 "max_sequence_length"):
+      settings.at_least(cls, name, getattr(self, name), 1)
+    for name in ("embedding_dropout", "attention_dropout", "hidden_dropout"):
+      settings.in_range(cls, name, getattr(self, name), 0.0, 1.0)
+    settings.in_range(cls, "layernorm_epsilon", self.layernorm_epsilon, 0.0, math.inf,
+                      low_open=True)
+    settings.in_range(cls, "initializer_std", self.initializer_std, 0.0, math.inf)
     if self.hidden_size % self.num_heads:
       raise ValueError(
           f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; "
@@ -80,10 +98,9 @@ class GLMConfig:
       raise ValueError(
           f"dropout_implementation must be one of {list(dropout_lib.IMPLEMENTATIONS)}, got "
           f"{self.dropout_implementation!r}.")
-    if self.attention_implementation not in ("manual_vjp", "autodiff"):
-      raise ValueError(
-          "attention_implementation must be 'manual_vjp' or 'autodiff', got "
-          f"{self.attention_implementation!r}.")
+    if self.attention_kernel not in select.KERNELS:
+      raise ValueError(f"attention_kernel must be one of {list(select.KERNELS)}, got "
+                       f"{self.attention_kernel!r}.")
     if self.remat_policy != "none" and self.remat_policy not in _REMAT_POLICIES:
       raise ValueError(
           f"remat_policy must be 'none' or one of {sorted(_REMAT_POLICIES)}, got "
@@ -113,6 +130,15 @@ class GLMConfig:
 
   @classmethod
   def from_dict(cls, values: dict) -> "GLMConfig":
+    values = dict(values)
+    # Configs saved before attention_kernel named the attention core this way.
+    legacy = values.pop("attention_implementation", None)
+    if legacy is not None and "attention_kernel" not in values:
+      values["attention_kernel"] = "xla" if legacy == "autodiff" else "auto"
+    # A saved config's platform kernel is what its run used (a GPU run's 'cudnn'); loaded
+    # elsewhere (evaluated on a CPU) it must not fail: 'auto' picks it again where it applies.
+    if values.get("attention_kernel") in ("cudnn", "splash", "cpu_blocked"):
+      values["attention_kernel"] = "auto"
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - known
     if unknown:
@@ -157,44 +183,38 @@ class LayerNorm(nn.Module):
     return y.astype(self.dtype)
 
 
-def attention_mask(query_index, key_index, sep=None, segment_ids=None, key_valid=None):
-  """Boolean GLM mask [B, Tq, Tk]: key j visible to query i iff j < sep or j <= i.
-
-  query_index [Tq] / key_index [Tk]: absolute indices. sep: [B] (one sample per row) or
-  [B, Tk] (per key: where that key's segment's Part B begins). segment_ids [B, T] restrict
-  attention to the same segment; key_valid [B, Tk] removes keys (decoding).
-  """
-  mask = key_index[None, None, :] <= query_index[None, :, None]  # [1, Tq, Tk]
-  if sep is not None:
-    if sep.ndim == 1:
-      bidirectional = key_index[None, :] < sep[:, None]  # [B, Tk]
-    else:
-      bidirectional = key_index[None, :] < sep
-    mask = mask | bidirectional[:, None, :]
-  if segment_ids is not None:
-    mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-  if key_valid is not None:
-    mask = mask & key_valid[:, None, :]
-  return mask
+def _project(spec: str, x, w, cpu_layer: bool, preferred_element_type=None):
+  """The network's projections: the CPU layer's planned weight gradients, or jnp.einsum."""
+  if cpu_layer:
+    return cpu_matmul.einsum(spec, x, w, preferred_element_type)
+  y = jnp.einsum(spec, x, w, preferred_element_type=preferred_element_type)
+  return checkpoint_name(y, cpu_matmul.OUTPUT_NAME)
 
 
 class SelfAttention(nn.Module):
-  """Fused-QKV multi-head attention with GLM masking and an optional key/value cache."""
+  """Fused-QKV multi-head attention with GLM masking and an optional key/value cache.
+
+  `kernels` (glm_jax.kernels.select.choose, made once per call of GLM) names the attention
+  kernel; all of them compute the same function, decoding always reads the cache with einsums.
+  """
 
   config: GLMConfig
+  kernels: select.Choice
 
   @nn.compact
-  def __call__(self, x, mask, sep, deterministic: bool, decode: bool):
+  def __call__(self, x, mask, sep, segment_ids, deterministic: bool, decode: bool):
     cfg = self.config
     dtype, pdtype = cfg.compute_dtype, cfg.parameter_dtype
     h, heads, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
     out_std = cfg.initializer_std / math.sqrt(2.0 * cfg.num_layers)
+    cpu_layer = self.kernels.cpu_layer
 
     qkv_kernel = _param(self, "qkv_kernel", _normal(cfg.initializer_std), (h, 3, heads, d),
                         ("embed", "qkv", "heads", "kv"), pdtype)
     qkv_bias = _param(self, "qkv_bias", nn.initializers.zeros, (3, heads, d),
                       ("qkv", "heads", "kv"), pdtype)
-    qkv = matmul.einsum("bth,hcnd->btcnd", x, qkv_kernel.astype(dtype)) + qkv_bias.astype(dtype)
+    qkv = _project("bth,hcnd->btcnd", x, qkv_kernel.astype(dtype), cpu_layer) + qkv_bias.astype(
+        dtype)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [batch, length, heads, head_dim]
     act = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
     q, k, v = _constrain(q, act), _constrain(k, act), _constrain(v, act)
@@ -202,52 +222,61 @@ class SelfAttention(nn.Module):
     # The reference scales the keys: q @ (k / sqrt(d))^T.
     k = k * jnp.asarray(1.0 / math.sqrt(d), dtype)
     dropout_on = not deterministic and cfg.attention_dropout > 0
-    hashed = dropout_on and cfg.dropout_implementation == "hash"
-    # One hash key per layer call: both implementations draw the same dropout mask from it.
-    key = (jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32) if hashed
-           else jnp.zeros((2,), jnp.uint32))
-    rate = cfg.attention_dropout if hashed else 0.0
-    # The blocked core (glm_jax/attention.py) is for a single-device CPU (glm_jax/backend.py);
-    # both cores draw the same hash dropout mask, so the choice never changes the numbers.
-    if (not decode and cfg.attention_implementation == "manual_vjp"
-        and (hashed or not dropout_on) and backend.single_device_cpu()):
-      heads_major = lambda t: jnp.swapaxes(t, 1, 2)  # [batch, heads, length, head_dim]
-      out = attention_lib.attention_core(heads_major(q), heads_major(k), heads_major(v),
-                                         mask, key, rate)
-      out = heads_major(out)  # [batch, length, heads, head_dim]
+    if decode:
+      cached_key, cached_value, mask = self._update_cache(k, v, sep, mask)
+      out = xla_lib.cached_attention(q, cached_key, cached_value, mask,
+                                     self._dropout(dropout_on))
     else:
-      out = self._autodiff_core(q, k, v, mask, sep, dropout_on, key, decode)
+      out = self._attention(q, k, v, mask, sep, segment_ids, dropout_on)
     out = _constrain(out, act)
 
     out_kernel = _param(self, "out_kernel", _normal(out_std), (heads, d, h),
                         ("heads", "kv", "embed"), pdtype)
     out_bias = _param(self, "out_bias", nn.initializers.zeros, (h,), ("embed",), pdtype)
-    y = matmul.einsum("btnd,ndh->bth", out, out_kernel.astype(dtype)) + out_bias.astype(dtype)
-    return y
+    return _project("btnd,ndh->bth", out, out_kernel.astype(dtype), cpu_layer) + out_bias.astype(
+        dtype)
 
-  def _autodiff_core(self, q, k, v, mask, sep, dropout_on, key, decode):
-    """The attention core as plain einsums (decoding, threefry dropout, the reference path)."""
+  def _hash_key(self, dropout_on: bool):
+    """One hash-dropout key per layer call: every kernel draws the same mask from it."""
+    if dropout_on and self.config.dropout_implementation == "hash":
+      return jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
+    return None
+
+  def _dropout(self, dropout_on: bool, key=None):
+    """probs -> dropped probs for the einsum paths (None without dropout)."""
     cfg = self.config
-    dtype = cfg.compute_dtype
-    if decode:
-      # Cached keys are [batch, heads, head_dim, length] and values [batch, heads, length,
-      # head_dim], the layouts the two dots read, so no step re-lays-out the whole cache.
-      k, v, mask = self._update_cache(k, v, sep, mask)
-      scores = jnp.einsum("bqnd,bndk->bnqk", q, k, preferred_element_type=jnp.float32)
-    else:
-      scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, :, :], scores, MASK_FILL)
-    probs = jax.nn.softmax(scores, axis=-1)  # float32
-    if dropout_on and cfg.dropout_implementation == "hash":
-      keep = dropout_lib.keep_mask(key, probs.shape, cfg.attention_dropout)
-      probs = jnp.where(keep, probs / (1.0 - cfg.attention_dropout), 0.0)
-    elif dropout_on:
-      probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
-    if decode:
-      out = jnp.einsum("bnqk,bnkd->bqnd", probs.astype(dtype), v)
-    else:
-      out = jnp.einsum("bnqk,bknd->bqnd", probs.astype(dtype), v)
-    return out
+    if not dropout_on:
+      return None
+    if cfg.dropout_implementation != "hash":
+      drop = nn.Dropout(cfg.attention_dropout)
+      return lambda probs: drop(probs, deterministic=False)
+    key = self._hash_key(dropout_on) if key is None else key
+    rate = cfg.attention_dropout
+    return lambda probs: jnp.where(dropout_lib.keep_mask(key, probs.shape, rate),
+                                   probs / (1.0 - rate), 0.0)
+
+  def _attention(self, q, k, v, mask, sep, segment_ids, dropout_on: bool):
+    """q, k (scaled), v [B, T, N, D] -> [B, T, N, D] with the chosen kernel.
+
+    mask: the dense [B, T, T] mask where the kernel takes one (GLM.__call__ builds it only
+    then), else None and the kernel reads sep / segment_ids.
+    """
+    kernel = self.kernels.attention
+    if kernel == "cpu_blocked":
+      key = self._hash_key(dropout_on)
+      rate = self.config.attention_dropout if key is not None else 0.0
+      key = jnp.zeros((2,), jnp.uint32) if key is None else key
+      heads_major = lambda t: jnp.swapaxes(t, 1, 2)  # pylint: disable=unnecessary-lambda-assignment
+      out = cpu_attention.attention_core(heads_major(q), heads_major(k), heads_major(v), mask,
+                                         key, rate)
+      return heads_major(out)
+    if kernel == "cudnn":
+      if mask is not None:
+        return cudnn_lib.masked_attention(q, k, v, mask)
+      return cudnn_lib.attention(q, k, v, sep, segment_ids)
+    if kernel == "splash":
+      return splash_lib.attention(q, k, v, sep, segment_ids)
+    return xla_lib.attention(q, k, v, mask, self._dropout(dropout_on))
 
   def _update_cache(self, k, v, sep, valid):
     """Appends scaled k / v [B, T, heads, d] to the cache; returns the cache and the mask.
@@ -289,6 +318,7 @@ class MLP(nn.Module):
   """h -> 4h -> h with tanh GeLU."""
 
   config: GLMConfig
+  kernels: select.Choice
 
   @nn.compact
   def __call__(self, x):
@@ -296,31 +326,33 @@ class MLP(nn.Module):
     dtype, pdtype = cfg.compute_dtype, cfg.parameter_dtype
     h, f = cfg.hidden_size, cfg.mlp_size
     out_std = cfg.initializer_std / math.sqrt(2.0 * cfg.num_layers)
+    cpu_layer = self.kernels.cpu_layer
     wi = _param(self, "wi_kernel", _normal(cfg.initializer_std), (h, f), ("embed", "mlp"), pdtype)
     bi = _param(self, "wi_bias", nn.initializers.zeros, (f,), ("mlp",), pdtype)
     wo = _param(self, "wo_kernel", _normal(out_std), (f, h), ("mlp", "embed"), pdtype)
     bo = _param(self, "wo_bias", nn.initializers.zeros, (h,), ("embed",), pdtype)
-    y = matmul.einsum("bth,hf->btf", x, wi.astype(dtype)) + bi.astype(dtype)
+    y = _project("bth,hf->btf", x, wi.astype(dtype), cpu_layer) + bi.astype(dtype)
     y = gelu_tanh(y)
     y = _constrain(y, ("activation_batch", "activation_length", "activation_mlp"))
-    return matmul.einsum("btf,fh->bth", y, wo.astype(dtype)) + bo.astype(dtype)
+    return _project("btf,fh->bth", y, wo.astype(dtype), cpu_layer) + bo.astype(dtype)
 
 
 class TransformerLayer(nn.Module):
   """One pre-LN layer: x + Drop(Attn(LN1 x)), then h + Drop(MLP(LN2 h))."""
 
   config: GLMConfig
+  kernels: select.Choice
 
   @nn.compact
-  def __call__(self, x, mask, sep, deterministic: bool, decode: bool):
+  def __call__(self, x, mask, sep, segment_ids, deterministic: bool, decode: bool):
     cfg = self.config
     ln = functools.partial(LayerNorm, epsilon=cfg.layernorm_epsilon, dtype=cfg.compute_dtype,
                            param_dtype=cfg.parameter_dtype)
     drop = dropout_lib.Dropout(cfg.hidden_dropout, cfg.dropout_implementation)
-    a = SelfAttention(cfg, name="attention")(ln(name="input_layernorm")(x), mask, sep,
-                                              deterministic, decode)
+    a = SelfAttention(cfg, self.kernels, name="attention")(
+        ln(name="input_layernorm")(x), mask, sep, segment_ids, deterministic, decode)
     x = x + drop(a, deterministic=deterministic)
-    m = MLP(cfg, name="mlp")(ln(name="post_attention_layernorm")(x))
+    m = MLP(cfg, self.kernels, name="mlp")(ln(name="post_attention_layernorm")(x))
     x = x + drop(m, deterministic=deterministic)
     x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     if cfg.scan_layers:
@@ -332,7 +364,11 @@ def _layer_class(cfg: GLMConfig):
   if cfg.remat_policy == "none":
     return TransformerLayer
   return nn.remat(TransformerLayer, policy=_REMAT_POLICIES[cfg.remat_policy],
-                  prevent_cse=not cfg.scan_layers, static_argnums=(4, 5))
+                  prevent_cse=not cfg.scan_layers, static_argnums=(5, 6))
+
+
+def _is_packed(sep, segment_ids) -> bool:
+  return segment_ids is not None or (sep is not None and jnp.ndim(sep) == 2)
 
 
 class GLM(nn.Module):
@@ -349,6 +385,11 @@ class GLM(nn.Module):
       raise ValueError("Pass either an explicit mask or sep/segment_ids, not both.")
     if decode and mask is not None:
       raise ValueError("decode=True supports only the sep form, not an explicit mask.")
+    batch, length = tokens.shape
+    kernels = select.choose(
+        cfg, select.current_target(), seq_len=length,
+        attention_dropout=not deterministic and cfg.attention_dropout > 0,
+        dense_mask=mask is not None, packed=_is_packed(sep, segment_ids), log=not decode)
 
     embedding = _param(self, "word_embeddings", _normal(cfg.initializer_std),
                        (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pdtype)
@@ -360,26 +401,29 @@ class GLM(nn.Module):
                          pdtype)
     # Look-ups read tables gathered along 'embed' (as FSDP gathers any weight before use), so
     # their [batch, length, embed] outputs are sharded by batch, not by embed: no resharding.
+    # The sum runs in the wider of the parameter and compute dtypes (float16 weights of a
+    # released checkpoint are added in float32 when computing in float32).
+    wide = jnp.promote_types(pdtype, dtype)
     gathered = lambda table, axis: _constrain(table, (axis, None))
-    x = (jnp.take(gathered(embedding, "vocab"), tokens, axis=0)
-         + jnp.take(gathered(pos_table, "positions"), positions[:, 0], axis=0)
-         + jnp.take(gathered(block_table, "positions"), positions[:, 1], axis=0)
-         ).astype(dtype)  # [batch, length, embed]
+    take = lambda table, axis, ids: jnp.take(gathered(table, axis), ids, axis=0).astype(wide)
+    x = (take(embedding, "vocab", tokens) + take(pos_table, "positions", positions[:, 0])
+         + take(block_table, "positions", positions[:, 1])).astype(dtype)  # [batch, length, embed]
     x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     x = dropout_lib.Dropout(cfg.embedding_dropout, cfg.dropout_implementation)(
         x, deterministic=deterministic)
 
-    length = tokens.shape[1]
     if decode:
       # The layers read `mask` as the validity [B, T] of the new keys (segment_ids != 0).
-      mask = None if segment_ids is None else segment_ids != 0
-    elif mask is None:
-      index = jnp.arange(length)
-      if sep is None:
-        sep = jnp.full((tokens.shape[0],), length, jnp.int32)  # fully bidirectional
-      mask = attention_mask(index, index, sep, segment_ids)  # [batch, length, length]
-    else:
+      mask, segment_ids = (None if segment_ids is None else segment_ids != 0), None
+    elif mask is not None:
       mask = mask.astype(jnp.bool_)
+    elif kernels.attention in ("xla", "cpu_blocked") or (
+        kernels.attention == "cudnn" and _is_packed(sep, segment_ids)):
+      # The kernels that read a dense mask get it built once for all layers.
+      index = jnp.arange(length)
+      full = sep if sep is not None else jnp.full((batch,), length, jnp.int32)
+      mask = attention_mask(index, index, full, segment_ids)  # [batch, length, length]
+    # Otherwise the fused kernels read sep / segment_ids (sep None: fully bidirectional).
 
     layer_cls = _layer_class(cfg)
     if cfg.scan_layers:
@@ -387,18 +431,19 @@ class GLM(nn.Module):
           layer_cls,
           variable_axes={"params": 0, "cache": 0},
           split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+          in_axes=(nn.broadcast,) * 5,
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
-      )(cfg, name="layers")
-      x, _ = stack(x, mask, sep, deterministic, decode)
+      )(cfg, kernels, name="layers")
+      x, _ = stack(x, mask, sep, segment_ids, deterministic, decode)
     else:
       for i in range(cfg.num_layers):
-        x = layer_cls(cfg, name=f"layers_{i}")(x, mask, sep, deterministic, decode)
+        x = layer_cls(cfg, kernels, name=f"layers_{i}")(x, mask, sep, segment_ids,
+                                                         deterministic, decode)
 
     x = LayerNorm(cfg.layernorm_epsilon, dtype, pdtype, name="final_layernorm")(x)
     # Tied output layer, no bias; float32 logits whatever the compute dtype.
-    logits = matmul.einsum("bth,vh->btv", x, embedding.astype(dtype), jnp.float32)
+    logits = _project("bth,vh->btv", x, embedding.astype(dtype), kernels.cpu_layer, jnp.float32)
     return _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
 

@@ -71,6 +71,9 @@ class BlankInfillingModel(BaseModel):
   """GLM pretraining and seq2seq: cross-entropy on Part B targets (loss_weights)."""
 
   def __init__(self, config: Optional[GLMConfig] = None, label_smoothing: float = 0.0):
+    from glm_jax import settings  # pylint: disable=g-import-not-at-top
+    settings.check_types(BlankInfillingModel, {"label_smoothing": label_smoothing})
+    settings.in_range(BlankInfillingModel, "label_smoothing", label_smoothing, 0.0, 1.0)
     super().__init__(config)
     self.label_smoothing = label_smoothing
 

@@ -7,6 +7,8 @@ the parallelism means changing the mesh sizes or that table, nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from typing import Any, Optional, Sequence, Tuple
@@ -55,6 +57,8 @@ class MeshConfig:
   tensor: int = 1
 
   def shape(self, num_devices: int) -> Tuple[int, int, int]:
+    from glm_jax import settings  # pylint: disable=g-import-not-at-top
+    settings.check_types(MeshConfig, dataclasses.asdict(self))
     sizes = [self.data, self.fsdp, self.tensor]
     if any(s == 0 or s < -1 for s in sizes):
       raise ValueError(f"Mesh axis sizes must be positive or -1, got data={self.data}, "
@@ -87,6 +91,28 @@ def create_mesh(config: MeshConfig, devices: Optional[Sequence[jax.Device]] = No
   return Mesh(device_array, MESH_AXES)
 
 
+# (name, dimension, mesh axes, mesh shape) already reported this run.
+_WARNED = set()
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("glm_jax_partitioner", default=None)
+
+
+def warn_unsharded(name: str, dim: int, size: int, axes: Tuple[str, ...], mesh: Mesh) -> None:
+  """Warns once per run that dimension `dim` (of `size`) of `name` cannot be split over `axes`."""
+  key = (name, dim, size, axes, tuple(mesh.shape.items()))
+  if key in _WARNED:
+    return
+  _WARNED.add(key)
+  logging.warning("%s: dimension %d (size %d) is not divisible by mesh axes %s (%d devices) of "
+                  "the mesh %s; it is replicated instead. Change the mesh sizes or the "
+                  "logical-axis rules to shard it.", name, dim, size, "/".join(axes),
+                  math.prod(mesh.shape[a] for a in axes), mesh_text(mesh))
+
+
+def active() -> Optional["Partitioner"]:
+  """The partitioner of the innermost `with partitioner.activate():`, or None."""
+  return _ACTIVE.get()
+
+
 @gin.configurable
 class Partitioner:
   """Maps logical axis names to shardings on one mesh."""
@@ -106,28 +132,45 @@ class Partitioner:
     """Context manager that activates the rules for nn.with_logical_constraint."""
     return nn.logical_axis_rules(self.rules)
 
-  def _fit(self, spec: PartitionSpec, shape) -> PartitionSpec:
-    """Drops mesh axes that do not divide a dimension (that dimension stays replicated)."""
+  @contextlib.contextmanager
+  def activate(self):
+    """Makes this the partitioner `partitioning.active()` returns inside the body."""
+    token = _ACTIVE.set(self)
+    try:
+      yield self
+    finally:
+      _ACTIVE.reset(token)
+
+  @contextlib.contextmanager
+  def under_mesh(self):
+    """This mesh and its logical-axis rules, for tracing and calling jitted functions."""
+    with jax.set_mesh(self.mesh), self.axis_rules():
+      yield
+
+  def _fit(self, spec: PartitionSpec, shape, name: str = "an array") -> PartitionSpec:
+    """Drops mesh axes that do not divide a dimension (replicated, with a warning once)."""
     fitted = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    for dim, (size, axes) in enumerate(
+        zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
       names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
-      size = math.prod(self.mesh.shape[a] for a in names)
-      if names and dim % size:
-        logging.info("Dimension %d not divisible by mesh axes %s; replicating it.", dim, names)
+      if names and size % math.prod(self.mesh.shape[a] for a in names):
+        warn_unsharded(name, dim, size, names, self.mesh)
         axes = None
       fitted.append(axes)
     return PartitionSpec(*fitted)
 
-  def logical_to_sharding(self, logical_spec: PartitionSpec, shape) -> NamedSharding:
+  def logical_to_sharding(self, logical_spec: PartitionSpec, shape,
+                          name: str = "an array") -> NamedSharding:
     mesh_spec = nn.logical_to_mesh_axes(tuple(logical_spec), self.rules)
-    return NamedSharding(self.mesh, self._fit(mesh_spec, shape))
+    return NamedSharding(self.mesh, self._fit(mesh_spec, shape, name))
 
   def param_shardings(self, boxed_abstract_params):
     """Shardings of the (unboxed) parameter tree from its logical axis metadata."""
     logical = nn.get_partition_spec(boxed_abstract_params)
     shapes = nn.meta.unbox(boxed_abstract_params)
-    return jax.tree_util.tree_map(
-        lambda spec, s: self.logical_to_sharding(spec, s.shape), logical, shapes,
+    return jax.tree_util.tree_map_with_path(
+        lambda path, spec, s: self.logical_to_sharding(
+            spec, s.shape, "parameter " + _param_name(path)), logical, shapes,
         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
   def replicated(self) -> NamedSharding:
@@ -137,6 +180,34 @@ class Partitioner:
     """Rows over the batch axes; other dimensions replicated."""
     del ndim
     return NamedSharding(self.mesh, PartitionSpec(BATCH_AXES))
+
+  def rows_sharding(self, shape, name: str = "batch") -> NamedSharding:
+    """Rows over the batch axes when they divide shape[0], else replicated (warned once)."""
+    return NamedSharding(self.mesh, self._fit(PartitionSpec(BATCH_AXES), shape, name))
+
+  def put_global(self, tree, name: str = "batch"):
+    """Host arrays every process holds in full -> global arrays, rows over the batch axes.
+
+    For inputs computed identically on every process (evaluation rows, prompts); a row
+    count the batch axes do not divide is replicated instead (warned once).
+    """
+
+    def put(x):
+      x = np.asarray(x)
+      sharding = self.rows_sharding(x.shape, name) if x.ndim else self.replicated()
+      return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map(put, tree)
+
+  def put_replicated(self, tree):
+    """Host arrays every process holds in full -> global arrays replicated on the mesh."""
+    sharding = self.replicated()
+
+    def put(x):
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map(put, tree)
 
   def check_batch_size(self, batch_size: int, num_microbatches: int = 1) -> None:
     if num_microbatches < 1 or batch_size % num_microbatches:
@@ -172,3 +243,20 @@ class Partitioner:
       return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return {k: put(v) for k, v in local_batch.items()}
+
+
+def mesh_text(mesh: Mesh) -> str:
+  """'data:1 x fsdp:2 x tensor:1'."""
+  return " x ".join(f"{axis}:{size}" for axis, size in mesh.shape.items())
+
+
+def placement(params) -> str:
+  """How much of the parameters one device holds, e.g. '0.25 of 0.50 MiB per device'."""
+  leaves = jax.tree_util.tree_leaves(params)
+  total = sum(x.nbytes for x in leaves)
+  local = sum(x.addressable_shards[0].data.nbytes for x in leaves)
+  return f"{local / 2**20:.2f} of {total / 2**20:.2f} MiB of parameters per device"
+
+
+def _param_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)

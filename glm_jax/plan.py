@@ -8,6 +8,13 @@ abstract shapes only (no parameter is allocated) for a mesh of real devices or o
 devices (the CLI sets XLA_FLAGS=--xla_force_host_platform_device_count itself), then reads
 XLA's memory and cost analyses. Experiment files (configs/scale/*.gin) may set BATCH_SIZE,
 SEQUENCE_LENGTH, NUM_MICROBATCHES and MESH_* macros; flags override them.
+
+  python -m glm_jax.plan --gin_file=configs/scale/glm_large_h100.gin --lower_only \
+      --platform=cuda --json --mlir_out=/tmp/step.mlir
+
+lowers the same step for another platform on this machine (cross-platform lowering, no
+compile) with the attention kernel that platform gets, and reports the kernel, the fused
+kernels' custom calls in the module and the largest attention-score value it holds.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ if __name__ == "__main__":
   _plan_module.cli()
   sys.exit(0)
 
+import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -50,6 +59,18 @@ ACCELERATORS = {
     "h100": 80e9,
     "h200": 141e9,
 }
+
+
+# The platform each accelerator's steps are lowered for.
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+_DEVICE_PLATFORMS = {"v4": "tpu", "v5e": "tpu", "v5p": "tpu", "v6e": "tpu", "a100": "cuda",
+                     "h100": "cuda", "h200": "cuda"}
+# The cuDNN version JAX's checks assume when lowering cuDNN attention without its CUDA plugin
+# (glm_jax/kernels/cudnn.py, declared_cudnn_version): 9.10; it is not part of the module.
+DEFAULT_CUDNN_VERSION = 91000
+_TENSOR_TYPE = re.compile(r"tensor<((?:\d+x)+)[a-z]+\d*>")
+_CUSTOM_CALL = re.compile(r"custom_call @([\w$.]+)")
+_TPU_KERNEL_NAME = re.compile(r'kernel_name = "([^"]+)"')
 
 
 def accelerator(name: str) -> Dict[str, float]:
@@ -174,38 +195,142 @@ class Hardware:
   utilization: float = 1.0  # fraction of the peak the matmuls actually sustain
 
 
+def local_platform() -> str:
+  """This process's platform as a lowering platform name ('cpu', 'cuda', 'rocm', 'tpu')."""
+  from glm_jax.kernels import select  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  platform = jax.default_backend()
+  return select.current_target().platform if platform == "gpu" else platform
+
+
+def attention_report(text: str, scores_shape: Sequence[int]) -> Dict[str, Any]:
+  """What a lowered module's attention holds: fused-kernel custom calls, largest score value.
+
+  scores_shape: the xla kernel's per-layer scores [B, N, T, T] (B the microbatch). A value
+  counts as attention scores when its shape ends with those four dimensions (the xla kernel's
+  scores, probabilities and their gradients, also stacked over layers by remat or scan).
+  """
+  calls = set()
+  for target in _CUSTOM_CALL.findall(text):
+    if target.startswith("__cudnn$fmha") or target == "CustomSPMDPartitioning":
+      calls.add(target)
+  calls.update(name for name in _TPU_KERNEL_NAME.findall(text)
+               if name.startswith(("splash", "flash")))
+  scores_shape, largest = list(scores_shape), 0
+  for dims in _TENSOR_TYPE.findall(text):
+    shape = [int(d) for d in dims.rstrip("x").split("x")]
+    if shape[-4:] == scores_shape:
+      largest = max(largest, math.prod(shape))
+  return {"attention_custom_calls": sorted(calls), "max_scores_elements": largest,
+          "dense_scores_elements": math.prod(scores_shape)}
+
+
+def _with_config(model, config):
+  """A copy of `model` whose network uses `config`."""
+  from glm_jax.model import GLM  # pylint: disable=g-import-not-at-top
+  model = copy.copy(model)
+  model.config, model.module = config, GLM(config)
+  return model
+
+
 def plan_train_step(model, mesh_config, batch_size: int, seq_len: int, *,
                     num_microbatches: int = 1, optimizer=None, learning_rate_fn=None,
                     packed: bool = False, devices: Optional[Sequence[Any]] = None,
-                    hardware: Optional[Hardware] = None) -> Dict[str, Any]:
-  """Compiles Trainer's train step for `mesh_config` from abstract shapes; returns the report."""
+                    hardware: Optional[Hardware] = None, platform: Optional[str] = None,
+                    lower_only: bool = False, mlir_out: Optional[str] = None,
+                    cudnn_version: int = DEFAULT_CUDNN_VERSION) -> Dict[str, Any]:
+  """Compiles Trainer's train step for `mesh_config` from abstract shapes; returns the report.
+
+  platform: where the step runs ('cpu', 'cuda', 'rocm', 'tpu'; None: an accelerator, the xla
+  kernel), which decides the attention kernel. With lower_only the step is lowered for that
+  platform and not compiled (any platform, on any machine); otherwise it is compiled here,
+  with the xla kernel standing in for a fused kernel this machine cannot compile.
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  from glm_jax import backend, optim, partitioning  # pylint: disable=g-import-not-at-top
+  from glm_jax import optim, partitioning  # pylint: disable=g-import-not-at-top
   from glm_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from glm_jax.kernels import cudnn, select  # pylint: disable=g-import-not-at-top
 
   config = model.config
   if seq_len > config.max_sequence_length:
     raise ValueError(f"seq_len {seq_len} exceeds the model's max_sequence_length "
                      f"{config.max_sequence_length}; lower it.")
+  if platform is not None and platform not in PLATFORMS:
+    raise ValueError(f"Unknown platform {platform!r}; use one of {', '.join(PLATFORMS)}.")
+  if lower_only and platform is None:
+    raise ValueError("--lower_only lowers for a platform: pass --platform=cuda|tpu|cpu.")
   num_devices = mesh_size(mesh_config)
   devices = list(devices) if devices is not None else plan_devices(num_devices)
   partitioner = partitioning.Partitioner(mesh_config, devices=devices[:num_devices])
   partitioner.check_batch_size(batch_size, num_microbatches)
+
+  # The kernel the step gets on `platform` (the network resolves 'auto' from the mesh it is
+  # traced under, which here is this machine's: so the plan resolves it for the target).
+  here = local_platform()
+  target = select.Target(platform=platform or "accelerator", num_devices=num_devices,
+                         local=platform == here)
+  kernel = select.choose(config, target, seq_len=seq_len,
+                         attention_dropout=config.attention_dropout > 0, packed=packed).attention
+  traced_kernel = kernel
+  if not lower_only and kernel in select.FUSED and platform != here:
+    traced_kernel = "xla"  # cannot be compiled here; the memory analysis is the xla kernel's
+  if platform != here or traced_kernel != kernel:
+    model = _with_config(model, config.replace(attention_kernel=traced_kernel))
+
   if optimizer is None:
     optimizer, learning_rate_fn = optim.create_optimizer(total_steps=1000)
-  trainer = trainer_lib.Trainer(model, partitioner, optimizer, learning_rate_fn,
-                                num_microbatches=num_microbatches)
-  state = trainer.abstract_state
-  batch = abstract_batch(batch_size, seq_len, partitioner.batch_sharding(), packed)
+  # Every trace of the network (parameter shapes, the step) may reach the cuDNN calls.
+  declared = (cudnn.declared_cudnn_version(cudnn_version)
+              if traced_kernel == "cudnn" and cudnn.cudnn_version() is None
+              else contextlib.nullcontext())
+  with declared:
+    trainer = trainer_lib.Trainer(model, partitioner, optimizer, learning_rate_fn,
+                                  num_microbatches=num_microbatches)
+    state = trainer.abstract_state
+    batch = abstract_batch(batch_size, seq_len, partitioner.batch_sharding(), packed)
+    start = time.perf_counter()
+    # The trainer's jitted step with its shardings and donation, traced as Trainer.train_step
+    # traces it (under the mesh and the logical-axis rules).
+    lowered = trainer.lower_train_step(
+        state, batch, lowering_platforms=(platform,) if lower_only else None)
+    lower_s = time.perf_counter() - start
+  text = lowered.as_text()
+  if mlir_out:
+    with open(mlir_out, "w") as f:
+      f.write(text)
+  micro = batch_size // num_microbatches
+  attention = {"attention_kernel": traced_kernel, "platform": platform or "accelerator",
+               **attention_report(text, (micro, config.num_heads, seq_len, seq_len))}
+  if traced_kernel != kernel:
+    attention["attention_kernel_on_platform"] = kernel
+  tokens = batch_size * seq_len
+  model_flops = flops_lib.train_flops_per_token(config, seq_len) * tokens
+  hardware_flops = model_flops + recompute_flops_per_token(config, seq_len) * tokens
+  report = {
+      "model": model.config.to_dict(),
+      "num_params": sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state.params)),
+      "mesh": dict(zip(partitioning.MESH_AXES, partitioner.mesh.devices.shape)),
+      "num_devices": num_devices,
+      "device_kind": devices[0].device_kind,
+      "batch_size": batch_size,
+      "seq_len": seq_len,
+      "num_microbatches": num_microbatches,
+      "packed": packed,
+      "tokens_per_step": tokens,
+      **attention,
+      "lower_seconds": round(lower_s, 2),
+  }
+  if lower_only:
+    report["lowered_for"] = platform
+    report["memory_per_device"] = {
+        "params_bytes": bytes_per_device(state.params),
+        "optimizer_bytes": bytes_per_device(state.opt_state),
+        "batch_bytes": bytes_per_device(batch)}
+    report["flops"] = {"model_flops_per_step": model_flops,
+                       "hardware_flops_per_step": hardware_flops,
+                       "hardware_flops_per_device": hardware_flops / num_devices}
+    return report
 
-  start = time.perf_counter()
-  # The trainer's jitted step with its shardings and donation, traced as Trainer.train_step
-  # traces it (under the mesh and the logical-axis rules).
-  # On the platform projected onto (an accelerator unless --device=cpu), not this CPU.
-  target = "cpu" if hardware is not None and hardware.name.lower() == "cpu" else "accelerator"
-  with backend.tracing_for(target):
-    lowered = trainer.lower_train_step(state, batch)
-  lower_s = time.perf_counter() - start
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
@@ -235,9 +360,6 @@ def plan_train_step(model, mesh_config, batch_size: int, seq_len: int, *,
       "xla": xla,
   }
 
-  tokens = batch_size * seq_len
-  model_flops = flops_lib.train_flops_per_token(config, seq_len) * tokens
-  hardware_flops = model_flops + recompute_flops_per_token(config, seq_len) * tokens
   cost = _cost(compiled)
   flops_report = {
       "model_flops_per_step": model_flops,  # 6 N + 12 L T h per token
@@ -247,22 +369,8 @@ def plan_train_step(model, mesh_config, batch_size: int, seq_len: int, *,
       "xla_flops_per_device": float(cost.get("flops", 0.0)),
       "xla_bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0)),
   }
-  report = {
-      "model": config.to_dict(),
-      "num_params": sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state.params)),
-      "mesh": dict(zip(partitioning.MESH_AXES, partitioner.mesh.devices.shape)),
-      "num_devices": num_devices,
-      "device_kind": devices[0].device_kind,
-      "batch_size": batch_size,
-      "seq_len": seq_len,
-      "num_microbatches": num_microbatches,
-      "packed": packed,
-      "tokens_per_step": tokens,
-      "memory_per_device": memory_report,
-      "flops": flops_report,
-      "lower_seconds": round(lower_s, 2),
-      "compile_seconds": round(compile_s, 2),
-  }
+  report.update(memory_per_device=memory_report, flops=flops_report,
+                compile_seconds=round(compile_s, 2))
   if hardware is not None:
     report["projection"] = project(report, hardware)
   return report
@@ -294,19 +402,47 @@ def _gib(n: float) -> str:
   return f"{n / GIB:10.3f} GiB"
 
 
-def format_report(report: Dict[str, Any]) -> str:
-  """A readable table of a plan."""
-  m, x, f = report["memory_per_device"], report["memory_per_device"]["xla"], report["flops"]
+def _attention_lines(report: Dict[str, Any]):
+  on_platform = report.get("attention_kernel_on_platform")
+  kernel = report["attention_kernel"] + (
+      f" (on {report['platform']}: {on_platform}, not compilable here)" if on_platform else "")
+  return [
+      f"attention kernel      {kernel}",
+      f"  fused custom calls  {', '.join(report['attention_custom_calls']) or 'none'}",
+      f"  largest scores      {report['max_scores_elements']:.4g} elements (0: no [B, N, T, T] "
+      f"value; one is {report['dense_scores_elements']:.4g})",
+  ]
+
+
+def _header(report: Dict[str, Any]):
   cfg = report["model"]
   mesh = " x ".join(f"{k}:{v}" for k, v in report["mesh"].items())
-  lines = [
+  return [
       f"GLM {cfg['num_layers']} layers, hidden {cfg['hidden_size']}, heads {cfg['num_heads']}, "
       f"vocab {cfg['vocab_size']}: {report['num_params'] / 1e6:.1f}M parameters "
       f"({cfg['param_dtype']} params, {cfg['dtype']} compute, remat {cfg['remat_policy']})",
       f"mesh {mesh} = {report['num_devices']} x {report['device_kind']}; batch "
       f"{report['batch_size']} x seq {report['seq_len']} in {report['num_microbatches']} "
-      f"microbatch(es); lower {report['lower_seconds']:.1f} s, compile "
-      f"{report['compile_seconds']:.1f} s",
+      f"microbatch(es)",
+  ]
+
+
+def format_report(report: Dict[str, Any]) -> str:
+  """A readable table of a plan."""
+  if "lowered_for" in report:
+    m = report["memory_per_device"]
+    return "\n".join(_header(report) + [
+        f"lowered for {report['lowered_for']} in {report['lower_seconds']:.1f} s (not compiled)",
+        "", *_attention_lines(report), "",
+        f"parameters            {_gib(m['params_bytes'])} per device",
+        f"optimizer state       {_gib(m['optimizer_bytes'])} per device",
+        f"model FLOPs per step  {report['flops']['model_flops_per_step']:.4g}",
+    ])
+  m, x, f = report["memory_per_device"], report["memory_per_device"]["xla"], report["flops"]
+  lines = _header(report) + [
+      f"lower {report['lower_seconds']:.1f} s, compile {report['compile_seconds']:.1f} s",
+      "",
+      *_attention_lines(report),
       "",
       "per-device memory",
       f"  parameters            {_gib(m['params_bytes'])}   (global {_gib(m['params_global_bytes'])})",
@@ -373,6 +509,9 @@ def _hardware() -> Optional[Hardware]:
 
 def run_plan() -> Dict[str, Any]:
   """The CLI without flag parsing: gin -> model, mesh, shapes -> report."""
+  for name in ("batch_size", "seq_len", "microbatches", "num_devices"):
+    if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
+      raise ValueError(f"--{name} must be at least 1, got {getattr(FLAGS, name)}.")
   gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
   if FLAGS.mesh:
     mesh_config = parse_mesh(FLAGS.mesh)
@@ -406,15 +545,24 @@ def run_plan() -> Dict[str, Any]:
       total_steps=train_steps if isinstance(train_steps, int) else 1000)
   return plan_train_step(models.BlankInfillingModel(config), mesh_config, batch_size, seq_len,
                          num_microbatches=microbatches, optimizer=optimizer,
-                         learning_rate_fn=lr_fn, packed=FLAGS.packed, hardware=_hardware())
+                         learning_rate_fn=lr_fn, packed=FLAGS.packed, hardware=_hardware(),
+                         platform=_platform(config), lower_only=FLAGS.lower_only,
+                         mlir_out=FLAGS.mlir_out, cudnn_version=FLAGS.cudnn_version)
+
+
+def _platform(config) -> Optional[str]:
+  """--platform, else that of --device, else that of a fused attention_kernel (cudnn: cuda,
+  splash: tpu); None: an accelerator (the xla kernel)."""
+  if FLAGS.platform:
+    return FLAGS.platform
+  if FLAGS.device:
+    return _DEVICE_PLATFORMS.get(accelerator(FLAGS.device)["name"])
+  return {"cudnn": "cuda", "splash": "tpu"}.get(config.attention_kernel)
 
 
 def main(argv):
   gin_utils.begin_cli(argv, "--gin_file, --mesh, --batch_size")
-  try:
-    report = run_plan()
-  except (ValueError, FileNotFoundError, TypeError) as e:
-    gin_utils.exit_with_error(e)
+  report = run_plan()
   text = json.dumps(report, indent=2, sort_keys=True)
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
@@ -439,6 +587,13 @@ def define_flags():
   flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device (overrides --device's).")
   flags.DEFINE_float("hbm_gib", None, "Memory per device in GiB (overrides --device's).")
   flags.DEFINE_float("utilization", 1.0, "Fraction of the peak the step sustains (projection).")
+  flags.DEFINE_enum("platform", None, list(PLATFORMS), "Platform the step runs on; decides "
+                    "the attention kernel (default: that of --device).")
+  flags.DEFINE_bool("lower_only", False, "Lower the step for --platform (on any machine) and "
+                    "report its attention; no compile, no memory analysis.")
+  flags.DEFINE_string("mlir_out", None, "Write the lowered module's text (StableHLO) here.")
+  flags.DEFINE_integer("cudnn_version", DEFAULT_CUDNN_VERSION, "cuDNN version JAX's checks "
+                       "assume when lowering cuDNN attention without JAX's CUDA plugin.")
   flags.DEFINE_bool("json", False, "Print the report as JSON instead of a table.")
   flags.DEFINE_string("output", None, "Also write the JSON report to this file.")
 

@@ -1,36 +1,40 @@
 """Loss curves from metrics.jsonl as a PNG.
 
   python -m glm_jax.plot --metrics=runs/quickstart/metrics.jsonl --output=loss.png
+
+A line that is not a metrics record stops it with the file and line named (a last line cut
+short by a running or killed trainer is left out).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from typing import Dict, List, Tuple
 
 from absl import flags
 
-from glm_jax import console
+from glm_jax import gin_utils, metrics_writer, paths
 
 FLAGS = flags.FLAGS
 
 
 def read_curves(path: str) -> Dict[str, List[Tuple[int, float]]]:
   """{metric: [(step, value)]} for train loss, eval/* metrics and learning rate."""
-  if not os.path.exists(path):
+  if not paths.resolve(path).is_file():
     raise FileNotFoundError(f"Metrics file {path!r} not found; pass MODEL_DIR/metrics.jsonl.")
+  read = metrics_writer.read_records(path)
+  # A last line cut short (a trainer writing or killed) is left out, after records only.
+  bad = [(n, why) for n, why in read.bad if n != read.cut_line or not read.records]
+  if bad:
+    number, why = bad[0]
+    more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
+    raise ValueError(f"{path} line {number} is {why}{more}; a metrics.jsonl has one JSON "
+                     "object with a 'step' per line: fix or delete that line.")
   curves: Dict[str, List[Tuple[int, float]]] = {}
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      for key, value in record.items():
-        if key != "step" and isinstance(value, (int, float)):
-          curves.setdefault(key, []).append((int(record["step"]), float(value)))
+  for _, record, _ in read.records:
+    for key, value in record.items():
+      if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        curves.setdefault(key, []).append((record["step"], float(value)))
   if "loss" not in curves:
     raise ValueError(f"{path!r} has no 'loss' entries; is it a glm_jax metrics.jsonl?")
   return curves
@@ -67,13 +71,13 @@ def plot(curves: Dict[str, List[Tuple[int, float]]], output: str, title: str = "
 
 
 def main(argv):
-  del argv
+  gin_utils.begin_cli(argv, "--metrics, --output")
+  curves = read_curves(FLAGS.metrics)
   try:
-    curves = read_curves(FLAGS.metrics)
     plot(curves, FLAGS.output, title=FLAGS.title or os.path.dirname(FLAGS.metrics))
-  except (ValueError, FileNotFoundError, OSError) as e:
-    print(f"Error: {e}", file=sys.stderr)
-    sys.exit(1)
+  except OSError as e:
+    raise ValueError(f"Cannot write --output={FLAGS.output} ({e.strerror or e}); choose a "
+                     "writable path.") from None
   print(f"Wrote {FLAGS.output}")
 
 
@@ -81,4 +85,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("metrics", None, "Path of a metrics.jsonl.", required=True)
   flags.DEFINE_string("output", "loss.png", "PNG to write.")
   flags.DEFINE_string("title", None, "Figure title (default: the run directory).")
-  console.run(main)
+  gin_utils.run(main)

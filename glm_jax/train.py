@@ -5,14 +5,15 @@ r"""Training entry point: gin config in, checkpoints, metrics and evaluations ou
       --gin.MODEL_DIR=/ckpt/base --gin.BATCH_SIZE=256
 
 Restore order: latest checkpoint in MODEL_DIR (with the data position), else INIT_CHECKPOINT
-(parameters only), else fresh initialisation. SIGTERM saves a checkpoint and exits cleanly.
-Multi-host: --coordinator_address/--num_processes/--process_id, or automatic on Cloud TPU.
+(parameters only), else fresh initialisation. Every path (MODEL_DIR, INIT_CHECKPOINT, ...)
+may be local or gs://. SIGTERM (a preemption notice) saves a checkpoint and exits cleanly;
+in multi-process runs at the step JAX's preemption sync point agrees on. Multi-host:
+--coordinator_address/--num_processes/--process_id, or --multihost_auto (JAX's detection of
+Cloud TPU pods and SLURM).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import sys
 
@@ -25,15 +26,15 @@ if __name__ == "__main__":
   _train_module.cli()
   sys.exit(0)
 import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 from absl import flags, logging
 import gin
 import jax
 import numpy as np
 
-from glm_jax import checkpoints, flops, gin_utils, metrics_writer, optim, partitioning
-from glm_jax import run_report
+from glm_jax import checkpoints, distributed, flops, gin_utils, metrics_writer, optim
+from glm_jax import partitioning, paths, run_lock, run_report, settings
 from glm_jax import trainer as trainer_lib
 from glm_jax.models import BaseModel, BlankInfillingModel
 
@@ -44,7 +45,8 @@ FLAGS = flags.FLAGS
 def synthetic_batches(mixture_or_task_name: str, split: str, *, sequence_length: int,
                       batch_size: int, seed: int, start_batch: int = 0, shard_index: int = 0,
                       num_shards: int = 1, pack: bool = False, num_batches: Optional[int] = None,
-                      vocab_size: int = 128) -> Iterator[Dict[str, np.ndarray]]:
+                      vocab_size: int = 128, vocabulary: Optional[str] = None
+                      ) -> Iterator[Dict[str, np.ndarray]]:
   """Blank-infilling batches of arithmetic-progression 'documents' (tests; no TF, no files).
 
   Same contract as glm_jax.data.pipeline.get_batches: batch i is a pure function of
@@ -52,7 +54,7 @@ def synthetic_batches(mixture_or_task_name: str, split: str, *, sequence_length:
   batch. Each row: `[CLS] doc` with one span replaced by [MASK] (Part A), then sop + span
   (Part B) with targets span + eop; ids 0 pad, 1 cls, 2 mask, 3 sop, 4 eop.
   """
-  del mixture_or_task_name, pack
+  del mixture_or_task_name, pack, vocabulary
   if batch_size % num_shards:
     raise ValueError(f"batch_size {batch_size} is not divisible by {num_shards} shards.")
   if sequence_length < 8 or vocab_size < 8:
@@ -93,10 +95,53 @@ def _synthetic_row(rng, length: int, vocab: int) -> Dict[str, np.ndarray]:
 
 
 @gin.configurable
-def task_batches(mixture_or_task_name: str, split: str, **kwargs):
-  """glm_jax.data.pipeline.get_batches, imported on first use (TensorFlow loads only then)."""
+def task_batches(mixture_or_task_name: str, split: str, *, data_dir: Optional[str] = None,
+                 **kwargs):
+  """glm_jax.data.pipeline.get_batches, imported on first use (TensorFlow loads only then).
+
+  `data_dir` (gin macro PREPARED_DATA_DIR) holds the named prepared corpora.
+  """
   from glm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.get_batches(mixture_or_task_name, split, **kwargs)
+  return pipeline.get_batches(mixture_or_task_name, split, data_dir=data_dir, **kwargs)
+
+
+SYNTHETIC_VOCABULARY = "synthetic"  # ids of no text vocabulary (synthetic_batches, fixtures): unchecked
+
+
+@gin.configurable
+def default_vocabulary(init_checkpoint: Optional[str] = None) -> str:
+  """The VOCABULARY of a run that names none: INIT_CHECKPOINT's, else 'builtin'."""
+  if init_checkpoint:
+    try:
+      return checkpoints.read_config(init_checkpoint)[1]
+    except FileNotFoundError:
+      pass  # train() reports the missing INIT_CHECKPOINT in one line
+  return "builtin"
+
+
+def check_vocabulary(vocab_spec: str, config, init_checkpoint: Optional[str] = None,
+                     model_dir: Optional[str] = None) -> None:
+  """Stops a run whose VOCABULARY does not fit the model or its checkpoints (one line each)."""
+  if vocab_spec == SYNTHETIC_VOCABULARY:
+    return
+  from glm_jax.data import prepared  # pylint: disable=g-import-not-at-top
+  from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  size = vocab_lib.get_vocabulary(vocab_spec).vocab_size
+  if size > config.vocab_size:
+    raise ValueError(f"VOCABULARY {vocab_spec!r} has {size} ids (padded) but "
+                     f"GLMConfig.vocab_size is {config.vocab_size}; use the model's vocabulary "
+                     f"or set model.GLMConfig.vocab_size = {size}.")
+  for kind, path in (("INIT_CHECKPOINT", init_checkpoint), ("MODEL_DIR", model_dir)):
+    if not path:
+      continue
+    try:
+      stored = checkpoints.read_config(path)[1]
+    except FileNotFoundError:
+      continue  # an empty MODEL_DIR starts fresh
+    if not prepared.same_vocabulary(stored, vocab_spec):
+      raise ValueError(f"{kind} {path} was trained with vocabulary {stored!r} but VOCABULARY "
+                       f"is {vocab_spec!r}; leave VOCABULARY unset (it defaults to "
+                       f"INIT_CHECKPOINT's) or set VOCABULARY = '{stored}'.")
 
 
 def _say(message: str) -> None:
@@ -110,40 +155,50 @@ def _fetch(tree):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks every step (synchronised across processes)."""
+  """Whether to save and stop after a step because of SIGTERM (a preemption notice).
 
-  def __init__(self):
-    self.requested = False
-    try:
-      signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (tests calling train() from a thread)
-      pass
+  Multi-process runs use JAX's preemption sync point (orbax's reached_preemption): the
+  notifier jax.distributed installs catches SIGTERM and the processes agree on the step in
+  the background, so no step waits on a collective. One process watches SIGTERM itself.
+  """
+
+  def __init__(self, manager: checkpoints.CheckpointManager):
+    self._manager = manager
+    self._signalled = False
+    self._distributed = jax.process_count() > 1
+    if not self._distributed:
+      try:
+        signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread (tests calling train() from a thread)
+        pass
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._signalled = True
 
-  def check(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags_all = multihost_utils.process_allgather(np.asarray(self.requested))
-    return bool(np.any(flags_all))
+  def reached(self, step: int) -> bool:
+    if self._distributed:
+      return self._manager.reached_preemption(step)
+    return self._signalled
 
 
 @gin.configurable
 def print_sample_fill(params, config, vocab_spec: str,
                       text: str = "The old man looked at the [MASK] and smiled.",
                       max_new_tokens: int = 16) -> Optional[str]:
-  """Greedy fill of one blank by the trained model (glm_jax.generate), printed to stdout."""
+  """Greedy fill of one blank by the trained model (glm_jax.generate), printed by process 0."""
   from glm_jax import generate as generate_lib  # pylint: disable=g-import-not-at-top
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   vocabulary = vocab_lib.get_vocabulary(vocab_spec)
-  params = jax.device_get(params)
   filled = generate_lib.generate(text, params=params, config=config, vocabulary=vocabulary,
                                  strategy="greedy", max_new_tokens=max_new_tokens)
-  print(f"Sample blank: {text}\nModel's fill: {filled}", flush=True)
+  if jax.process_index() == 0:
+    print(f"Sample blank: {text}\nModel's fill: {filled}", flush=True)
   return filled
+
+
+# The shortest sequence a GLM sample fits in ([CLS], a word, [MASK], sop, a span token, eop).
+MIN_SEQUENCE_LENGTH = 8
 
 
 @gin.configurable(denylist=["partitioner"])
@@ -165,26 +220,26 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
           partitioner: Optional[partitioning.Partitioner] = None):
   """Trains `model` to `train_steps`; returns the final TrainState.
 
+  Every setting is checked before anything is written to MODEL_DIR (types, ranges, the
+  vocabulary, INIT_CHECKPOINT, the evaluation data and KEEP_BEST_METRIC, that MODEL_DIR holds
+  no other model's run); then MODEL_DIR is locked for this trainer (glm_jax/run_lock.py).
   With `keep_best_metric` (an eval metric such as 'eval/accuracy') the parameters of the best
-  evaluation so far are kept as a params-only checkpoint in MODEL_DIR/best.
+  evaluation so far are kept as a params-only checkpoint in MODEL_DIR/best. `final_hook(params,
+  config, vocab_spec)` runs on every process after the last step, on the run's mesh
+  (`partitioning.active()`); it writes files from process 0 only.
   """
   gin_utils.check_required(model_dir=model_dir, model=model, train_input=train_input,
                            mixture_or_task_name=mixture_or_task_name, train_steps=train_steps,
                            batch_size=batch_size, sequence_length=sequence_length)
-  if init_checkpoint and not os.path.isdir(init_checkpoint):
-    raise FileNotFoundError(f"INIT_CHECKPOINT {init_checkpoint!r} does not exist; pass a "
-                            "params-only checkpoint, a step directory or a MODEL_DIR.")
-  if train_steps < 1 or batch_size < 1 or sequence_length < 1:
-    raise ValueError("TRAIN_STEPS, BATCH_SIZE and SEQUENCE_LENGTH must be positive.")
-  if sequence_length > model.config.max_sequence_length:
-    raise ValueError(f"SEQUENCE_LENGTH {sequence_length} exceeds the model's "
-                     f"max_sequence_length {model.config.max_sequence_length}; lower it.")
-  if best_mode not in ("max", "min"):
-    raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
+  _check_settings(dict(locals()), model.config)
   if keep_best_metric and not eval_period:
     logging.warning("KEEP_BEST_METRIC %s is ignored: periodic evaluation is off "
                     "(EVAL_PERIOD = 0).", keep_best_metric)
     keep_best_metric = None
+  _check_vocabulary(vocab_spec, train_input)
+  if init_checkpoint:
+    _check_init_checkpoint(init_checkpoint, model.config)
+  check_vocabulary(vocab_spec, model.config, init_checkpoint, model_dir)
   partitioner = partitioner or partitioning.Partitioner(mesh_config, logical_rules)
   partitioner.check_batch_size(batch_size, num_microbatches)
   eval_batch_size = eval_batch_size or batch_size
@@ -194,27 +249,151 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
   optimizer, lr_fn = optimizer_fn(total_steps=train_steps)
   trainer = trainer_lib.Trainer(model, partitioner, optimizer, lr_fn, seed=seed,
                                 num_microbatches=num_microbatches, nan_action=nan_action)
-  manager = checkpoints.CheckpointManager(model_dir, trainer.abstract_state,
-                                          period=checkpoint_period, keep=keep_checkpoints,
-                                          async_save=async_checkpoints)
+  report = run_report.RunReport(
+      model_dir=model_dir, train_steps=train_steps, sequence_length=sequence_length,
+      mixture_or_task_name=eval_mixture_or_task_name or mixture_or_task_name,
+      eval_input=eval_input or train_input, eval_batch_size=eval_batch_size,
+      eval_steps=eval_steps, enabled=jax.process_index() == 0)
+  eval_batches = None
+  if eval_period:  # read now: a missing file or split fails before MODEL_DIR is touched
+    baseline = run_report.TargetBaseline(model.config.vocab_size)  # counted once, here
+    eval_batches = _eval_batches(eval_input or train_input,
+                                 eval_mixture_or_task_name or mixture_or_task_name, eval_split,
+                                 sequence_length, eval_batch_size, data_seed, pack, eval_steps,
+                                 partitioner, vocab_spec, baseline)
+    if isinstance(model, BlankInfillingModel):  # its accuracy is target-token accuracy
+      report.set_baseline(baseline, vocab_spec)
+    if keep_best_metric:
+      names = trainer.eval_metric_names(eval_batches[0])
+      if keep_best_metric not in names:
+        raise settings.SettingError(
+            f"{settings.setting_name(train, 'keep_best_metric')} {keep_best_metric!r} is not a "
+            f"metric of the evaluation; choose one of {', '.join(names)}.")
+  checkpoints.check_same_run(model_dir, model.config, vocab_spec)
+  created = not paths.resolve(model_dir).exists()
+  lock = _lock_model_dir(model_dir)
   try:
-    return _train_loop(**locals())
-  except BaseException:
-    manager.close()
-    raise
+    manager = checkpoints.CheckpointManager(model_dir, trainer.abstract_state,
+                                            period=checkpoint_period, keep=keep_checkpoints,
+                                            async_save=async_checkpoints)
+    try:
+      return _train_loop(**locals())
+    except BaseException:
+      manager.close(check=False)
+      raise
+  finally:
+    if lock is not None:
+      lock.release()
+    if created and jax.process_index() == 0:
+      _remove_if_empty(model_dir)
+
+
+def _check_settings(values: dict, config) -> None:
+  """Types (from train's annotations), ranges and choices of train's settings: one line each."""
+  settings.check_types(train, {k: v for k, v in values.items()
+                               if k not in ("model", "partitioner", "logical_rules")})
+  if not values["model_dir"]:
+    raise settings.SettingError("MODEL_DIR is empty; set --gin.MODEL_DIR=DIR (local or gs://).")
+  for name, minimum in (("train_steps", 1), ("batch_size", 1), ("num_microbatches", 1),
+                        ("eval_steps", 1), ("log_period", 1), ("checkpoint_period", 0),
+                        ("eval_period", 0), ("keep_checkpoints", 0), ("seed", 0),
+                        ("data_seed", 0), ("eval_batch_size", 1)):
+    settings.at_least(train, name, values[name], minimum)
+  length = values["sequence_length"]
+  settings.at_least(train, "sequence_length", length, MIN_SEQUENCE_LENGTH,
+                    " (the shortest a GLM sample fits in)")
+  if length > config.max_sequence_length:
+    raise settings.SettingError(
+        f"{settings.setting_name(train, 'sequence_length')} {length} exceeds the model's "
+        f"max_sequence_length {config.max_sequence_length} (its position table); lower it.")
+  settings.one_of(train, "nan_action", values["nan_action"], trainer_lib.NAN_ACTIONS)
+  settings.one_of(train, "best_mode", values["best_mode"], ("max", "min"))
+
+
+def _check_vocabulary(vocab_spec: str, train_input: Callable) -> None:
+  """VOCABULARY must name a vocabulary that loads (synthetic batches need none)."""
+  if train_input is synthetic_batches:
+    return
+  from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  try:
+    vocab_lib.describe(vocab_spec)
+  except (ValueError, OSError) as e:
+    raise settings.SettingError(
+        f"{settings.setting_name(train, 'vocab_spec')} {vocab_spec!r} cannot be loaded "
+        f"({gin_utils.one_line(e)})") from None
+
+
+def _check_init_checkpoint(init_checkpoint: str, config) -> None:
+  if not paths.resolve(init_checkpoint).is_dir():
+    raise FileNotFoundError(f"INIT_CHECKPOINT {init_checkpoint!r} does not exist; pass a "
+                            "params-only checkpoint, a step directory or a MODEL_DIR.")
+  _check_compatible(checkpoints.read_config(init_checkpoint)[0], config, init_checkpoint)
+
+
+def _eval_batches(input_fn, name, split, sequence_length, batch_size, seed, pack, steps,
+                  partitioner, vocabulary, baseline: run_report.TargetBaseline) -> list:
+  """The evaluation batches (global arrays), read once before training; `baseline` counts
+  their targets."""
+  shard, shards = partitioner.local_batch_slice(batch_size)
+  try:
+    batches = [partitioner.shard_batch(baseline.add(b), batch_size) for b in input_fn(
+        name, split, sequence_length=sequence_length, batch_size=batch_size, seed=seed,
+        shard_index=shard, num_shards=shards, pack=pack, num_batches=steps,
+        vocabulary=vocabulary)]
+  except (ValueError, OSError) as e:
+    raise ValueError(f"Reading the evaluation data ({name!r}, split {split!r}) failed: "
+                     f"{gin_utils.one_line(e)}") from None
+  if not batches:
+    raise ValueError(f"The evaluation input ({name!r}, split {split!r}) yielded no batches; "
+                     "check EVAL_SPLIT and EVAL_STEPS.")
+  return batches
+
+
+def _lock_model_dir(model_dir: str) -> Optional[run_lock.RunLock]:
+  """MODEL_DIR's lock (process 0 holds it); LockHeld on every process when it is taken."""
+  lock, error = None, None
+  if jax.process_index() == 0:
+    checkpoints.prepare_model_dir(model_dir)
+    try:
+      lock = run_lock.RunLock(model_dir).acquire()
+    except run_lock.LockHeld as e:
+      error = e
+  if checkpoints.any_process(error is not None):
+    raise error or run_lock.LockHeld(f"MODEL_DIR {model_dir} is in use by another trainer "
+                                     "(see process 0's error).")
+  return lock
+
+
+def _remove_if_empty(model_dir: str) -> None:
+  """Removes a MODEL_DIR this run created when a failure left nothing in it."""
+  path = paths.resolve(model_dir)
+  try:
+    if path.is_dir() and not any(path.iterdir()):
+      path.rmdir()
+  except OSError:
+    pass
+
+
+def _first_batch(batches, name: str, split: str):
+  """The first train batch: an unreadable corpus or a bad length fails before step 1."""
+  try:
+    return next(batches)
+  except StopIteration:
+    raise ValueError(f"The train input ({name!r}, split {split!r}) yielded no batch; check "
+                     "the data files.") from None
+  except (ValueError, OSError) as e:
+    raise ValueError(f"Reading the train data ({name!r}, split {split!r}) failed: "
+                     f"{gin_utils.one_line(e)}") from None
 
 
 def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_steps, batch_size,
                 sequence_length, vocab_spec, seed, data_seed, nan_action, pack, init_checkpoint,
-                eval_input, eval_mixture_or_task_name, eval_split, eval_period, eval_steps,
-                eval_batch_size, log_period, progress_bar, final_hook, partitioner, trainer,
-                manager, keep_best_metric, best_mode, **unused):
+                eval_batches, eval_period, log_period, progress_bar, final_hook, partitioner,
+                trainer, manager, lock, keep_best_metric, best_mode, report, **unused):
   """The loop of train(): restore, then step, log, evaluate and save until train_steps."""
-  del unused
+  del unused, nan_action
   is_chief = jax.process_index() == 0
-  if is_chief:
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(gin.config_str())
+  run_dir = paths.resolve(model_dir)
 
   restored = manager.restore_latest()
   if restored is not None:
@@ -225,8 +404,6 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
     abstract = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=s.sharding),
         trainer.abstract_state.params)
-    _check_compatible(checkpoints.read_config(init_checkpoint)[0], model.config,
-                      init_checkpoint)
     params, _, _, _ = checkpoints.load_params(init_checkpoint, abstract)
     state, next_batch = trainer.state_from_params(params), 0
     _say(f"Initialised parameters from {init_checkpoint}.")
@@ -234,48 +411,64 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
     state, next_batch = trainer.init_state(jax.random.PRNGKey(seed)), 0
   start_step = int(jax.device_get(state.step))
 
-  writer = metrics_writer.MetricsWriter(model_dir, enabled=is_chief, resume_step=start_step)
   if start_step >= train_steps:
     _say(f"Step {start_step} already reaches TRAIN_STEPS {train_steps} in {model_dir}; "
          "nothing to train.")
-    if final_hook is not None and is_chief:
-      final_hook(state.params, model.config, vocab_spec)
+    if final_hook is not None:
+      with partitioner.activate():
+        final_hook(state.params, model.config, vocab_spec)
     manager.close()
-    writer.close()
     return state
 
-  report = run_report.RunReport(
-      model_dir=model_dir, train_steps=train_steps, sequence_length=sequence_length,
-      mixture_or_task_name=eval_mixture_or_task_name or mixture_or_task_name,
-      eval_input=eval_input or train_input, eval_batch_size=eval_batch_size,
-      eval_steps=eval_steps, enabled=is_chief)
   shard_index, num_shards = partitioner.local_batch_slice(batch_size)
   batches = train_input(mixture_or_task_name, "train", sequence_length=sequence_length,
                         batch_size=batch_size, seed=data_seed, start_batch=next_batch,
-                        shard_index=shard_index, num_shards=num_shards, pack=pack)
-  eval_batches = None
-  if eval_period:
-    eval_shard, eval_shards = partitioner.local_batch_slice(eval_batch_size)
-    eval_fn = eval_input or train_input
-    baseline = run_report.TargetBaseline(model.config.vocab_size)  # counted once, here
-    eval_batches = [partitioner.shard_batch(baseline.add(b), eval_batch_size) for b in eval_fn(
-        eval_mixture_or_task_name or mixture_or_task_name, eval_split,
-        sequence_length=sequence_length, batch_size=eval_batch_size, seed=data_seed,
-        shard_index=eval_shard, num_shards=eval_shards, pack=pack, num_batches=eval_steps)]
-    if isinstance(model, BlankInfillingModel):  # its accuracy is target-token accuracy
-      report.set_baseline(baseline, vocab_spec)
+                        shard_index=shard_index, num_shards=num_shards, pack=pack,
+                        vocabulary=vocab_spec)
+  first = _first_batch(batches, mixture_or_task_name, "train")
+  if is_chief:
+    paths.write_text(run_dir / "config.gin", gin.config_str())
+  writer = metrics_writer.MetricsWriter(model_dir, enabled=is_chief, resume_step=start_step)
+  try:
+    state = _steps(state, first, batches, start_step, next_batch, model_dir=model_dir,
+                   model=model, train_steps=train_steps, batch_size=batch_size,
+                   sequence_length=sequence_length, vocab_spec=vocab_spec,
+                   log_period=log_period, progress_bar=progress_bar, eval_batches=eval_batches,
+                   eval_period=eval_period, trainer=trainer, partitioner=partitioner,
+                   manager=manager, lock=lock, writer=writer, report=report,
+                   keep_best_metric=keep_best_metric, best_mode=best_mode, is_chief=is_chief,
+                   run_dir=run_dir)
+  except OSError as e:  # MODEL_DIR's disk is full or gone
+    raise gin_utils.RunFault(
+        f"Writing to {model_dir} failed ({checkpoints.first_line(e)}); the last complete "
+        f"checkpoint is {manager.last_complete()}, kept. Fix the cause (free space?), then run "
+        "again to resume from it.") from e
+  finally:
+    writer.close()
+  final_step = int(jax.device_get(state.step))
+  if final_hook is not None and final_step == train_steps:
+    with partitioner.activate():  # every process, on the run's mesh (files: process 0)
+      final_hook(state.params, model.config, vocab_spec)
+  report.print_summary(final_step, stopped=final_step < train_steps)
+  return state
 
+
+def _steps(state, first, batches, start_step, next_batch, *, model_dir, model, train_steps,
+           batch_size, sequence_length, vocab_spec, log_period, progress_bar, eval_batches,
+           eval_period, trainer, partitioner, manager, lock, writer, report, keep_best_metric,
+           best_mode, is_chief, run_dir):
+  """Train steps from start_step + 1 to train_steps (or a SIGTERM); returns the last state."""
   tokens_per_step = batch_size * sequence_length
   flops_per_step = flops.train_flops_per_token(model.config, sequence_length) * tokens_per_step
   peak = flops.PeakFlops(jax.devices())  # on CPU re-measured during the run
 
-  preemption = _Preemption()
+  preemption = _Preemption(manager)
   bar = metrics_writer.ProgressBar(train_steps, start_step, enabled=is_chief and progress_bar)
-  pending, window_start, last_good, state_step = [], None, start_step, start_step
+  pending, window_start = [], None
   try:
     for state_step in range(start_step + 1, train_steps + 1):
       try:
-        local = next(batches)
+        local = first if state_step == start_step + 1 else next(batches)
       except StopIteration:
         raise ValueError(f"The train input ran out at step {state_step}; use a repeating "
                          "dataset or fewer TRAIN_STEPS.") from None
@@ -283,14 +476,20 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
       next_batch += 1
       pending.append(metrics)
       is_last = state_step == train_steps
-      stop = preemption.check()
+      stop = preemption.reached(state_step)
       do_save = manager.should_save(state_step) or is_last or stop
+      manager.poll()  # a failed background save stops the run now
+      _check_lock(lock, do_save, model_dir, manager)
       scalars = {}
       # The first step includes compilation: it is logged without throughput.
       if window_start is None or state_step % log_period == 0 or is_last or do_save:
         fetched = _fetch(pending)
-        _check_nonfinite(fetched, nan_action, state_step, last_good, bar)
-        scalars = {k: float(v) for k, v in fetched[-1].items() if k != "nonfinite"}
+        _check_nonfinite(fetched, trainer.nan_action, state_step, manager, bar)
+        scalars = {k: float(v) for k, v in fetched[-1].items()
+                   if k not in ("nonfinite", "optimizer_updates")}
+        # The rate the optimizer applied in this step (its schedule at its own update count,
+        # which a skipped non-finite step does not advance), in float64.
+        scalars["learning_rate"] = trainer.learning_rate(fetched[-1]["optimizer_updates"])
         scalars["loss"] = float(np.mean([m["loss"] for m in fetched]))
         now = time.perf_counter()
         if window_start is not None:
@@ -315,55 +514,64 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
       if do_save:
         manager.save(state, next_batch=next_batch, config=model.config, vocab_spec=vocab_spec,
                      force=True)
-        last_good = state_step
       if state_step == start_step + 1 and is_chief:
-        with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
-          f.write(gin.operative_config_str())
+        paths.write_text(run_dir / "operative_config.gin", gin.operative_config_str())
       if stop:
         bar.write(f"SIGTERM: saved step {state_step}; exiting.")
         break
+    manager.close()  # waits for the last save; a failure is a RunFault
   finally:
     bar.close()
-    manager.close()
-    writer.close()
-  if final_hook is not None and is_chief and state_step == train_steps:
-    final_hook(state.params, model.config, vocab_spec)
-  report.print_summary(state_step, stopped=state_step < train_steps)
   return state
+
+
+def _check_lock(lock, do_save: bool, model_dir: str, manager) -> None:
+  """Stops (RunFault, nothing saved) when another trainer took MODEL_DIR's lock.
+
+  One process checks every step; several agree at save steps (a collective).
+  """
+  lost = lock is not None and lock.lost
+  if jax.process_count() > 1:
+    if not do_save:
+      return
+    lost = checkpoints.any_process(bool(lost))
+  if lost:
+    holder = lock.lost if lock is not None and lock.lost else "see process 0"
+    raise gin_utils.RunFault(
+        f"Another trainer took the lock of MODEL_DIR {model_dir} ({holder}); this one stops "
+        f"without saving. The last complete checkpoint is {manager.last_complete()}.")
 
 
 BEST_DIR = "best"
 
 
 def _keep_if_best(model_dir, metric, mode, results, state, config, vocab_spec) -> bool:
-  """Saves params to MODEL_DIR/best when `metric` beats the best kept so far."""
-  if metric not in results:
-    raise ValueError(f"KEEP_BEST_METRIC {metric!r} is not an eval metric; choose one of "
-                     f"{sorted(results)}.")
+  """Saves params to MODEL_DIR/best when `metric` beats the best kept so far (never a NaN)."""
   value = float(results[metric])
-  record_path = os.path.join(model_dir, BEST_DIR, "best.json")
-  if os.path.exists(record_path):
-    with open(record_path) as f:
-      best = json.load(f)["value"]
+  if not np.isfinite(value):
+    return False
+  best_dir = paths.resolve(model_dir) / BEST_DIR
+  record_path = best_dir / "best.json"
+  if record_path.exists():
+    best = paths.read_json(record_path)["value"]
     if (value <= best) if mode == "max" else (value >= best):
       return False
   step = int(jax.device_get(state.step))
-  checkpoints.save_params_checkpoint(os.path.join(model_dir, BEST_DIR), state.params, config,
-                                     vocab_spec, step=step)
+  checkpoints.save_params_checkpoint(str(best_dir), state.params, config, vocab_spec, step=step)
   if jax.process_index() == 0:
-    with open(record_path, "w") as f:
-      json.dump({"metric": metric, "value": value, "mode": mode, "step": step}, f)
+    paths.write_json(record_path, {"metric": metric, "value": value, "mode": mode, "step": step})
   return True
 
 
-def _check_nonfinite(fetched, nan_action: str, step: int, last_good: int, bar) -> None:
+def _check_nonfinite(fetched, nan_action: str, step: int, manager, bar) -> None:
   bad = [m for m in fetched if bool(m["nonfinite"])]
   if not bad:
     return
   if nan_action == "stop":
     raise FloatingPointError(
         f"Non-finite loss or gradient before step {step}; stopped without saving (last "
-        f"checkpoint: step {last_good}). Lower the learning rate or use NAN_ACTION='skip'.")
+        f"checkpoint: {manager.last_complete()}). Lower the learning rate or use "
+        "NAN_ACTION='skip'.")
   bar.write(f"Skipped {len(bad)} update(s) with a non-finite loss or gradient before step "
             f"{step}.")
 
@@ -378,34 +586,16 @@ def _check_compatible(found, expected, path: str) -> None:
                      " use the model gin file the checkpoint was made with.")
 
 
-def initialize_distributed() -> None:
-  """jax.distributed from flags, or automatically on Cloud TPU pods."""
-  if FLAGS.coordinator_address:
-    if FLAGS.num_processes is None or FLAGS.process_id is None:
-      raise ValueError("--coordinator_address needs --num_processes and --process_id too.")
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                               FLAGS.process_id)
-  elif FLAGS.multihost_auto or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
-    jax.distributed.initialize()
-
-
 def main(argv):
   gin_utils.begin_cli(argv, "--gin_file, --gin.NAME=VALUE")
-  try:
-    initialize_distributed()
-    gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
-    train()  # pylint: disable=no-value-for-parameter
-  except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError, TypeError) as e:
-    gin_utils.exit_with_error(e)
+  distributed.initialize()
+  gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+  train()  # pylint: disable=no-value-for-parameter
 
 
 def define_flags():
   gin_utils.define_flags()
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
-  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-  flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
-  flags.DEFINE_bool("multihost_auto", False,
-                    "Call jax.distributed.initialize() with auto-detection (TPU pods, SLURM).")
+  distributed.define_flags()
 
 
 def cli():

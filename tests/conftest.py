@@ -7,6 +7,7 @@ The device count is fixed when JAX starts, so multi-device tests run a subproces
 import functools
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -139,3 +140,130 @@ def shared_fixture(*parts):
 
 # A parity test that skips fails the run (tests/parity_guard.py).
 from parity_guard import pytest_configure, pytest_runtest_makereport  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
+# A local GCS: `python -m glm_jax.testing.gcs_emulator` on free ports for the whole session.
+GCS_BUCKET = "glm-test"
+
+
+def free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class GcsEmulator:
+  """A running emulator: `env` points tensorstore, TensorFlow's gfile and the GCS SDKs at it."""
+
+  def __init__(self, root):
+    self.root = str(root)
+    self.proc = subprocess.Popen(
+        [sys.executable, "-m", "glm_jax.testing.gcs_emulator", f"--port={free_port()}",
+         f"--proxy_port={free_port()}", f"--root={root}", f"--bucket={GCS_BUCKET}"],
+        cwd=REPO_ROOT, env=multi_device_env(1), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    self.env, self.exports = {}, []
+    for line in self.proc.stdout:
+      if line.startswith("export "):
+        self.exports.append(line.strip())
+        name, _, value = line[len("export "):].strip().partition("=")
+        self.env[name] = shlex.split(value)[0]
+      elif line.startswith("#"):
+        self.banner = line.strip()
+        return
+    raise RuntimeError(f"The GCS emulator did not start: {self.proc.stderr.read()[-2000:]}")
+
+  def url(self, *parts) -> str:
+    return "/".join([f"gs://{GCS_BUCKET}", *parts])
+
+  def subprocess_env(self, num_devices: int = 1) -> dict:
+    env = multi_device_env(num_devices)
+    env.update(self.env)
+    return env
+
+  def stop(self):
+    self.proc.terminate()  # our own child, by handle
+    try:
+      self.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+      self.proc.kill()
+      self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+  emulator = GcsEmulator(tmp_path_factory.mktemp("gcs"))
+  yield emulator
+  emulator.stop()
+
+
+@pytest.fixture
+def gcs(gcs_emulator, monkeypatch):
+  """The session's emulator with its environment set in this process for the test."""
+  for name, value in gcs_emulator.env.items():
+    monkeypatch.setenv(name, value)
+  return gcs_emulator
+
+
+# The released GLM vocabularies, shipped xz-compressed in tests/fixtures/glm_vocab/.
+VOCAB_FILES = {"gpt2": ("gpt2-vocab.json", "gpt2-merges.txt"),
+               "roberta": ("roberta-vocab.json", "gpt2-merges.txt:roberta-merges.txt"),
+               "chinese_sp": ("cog-pretrain.model",), "wordpiece": ("bert-base-uncased-vocab.txt",)}
+
+
+@pytest.fixture(scope="session")
+def vocab_paths(tmp_path_factory):
+  """{family: the path its spec takes}: the real vocabulary files, unpacked once per session.
+
+  RoBERTa's merges file is byte-identical to GPT-2's, so it ships once.
+  """
+  import lzma  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("vocab")
+  paths = {}
+  for family, names in VOCAB_FILES.items():
+    folder = root / family
+    folder.mkdir()
+    for name in names:
+      source, _, target = name.partition(":")
+      with lzma.open(shipped_fixture("glm_vocab", source + ".xz")) as f:
+        (folder / (target or source)).write_bytes(f.read())
+    paths[family] = str(folder / names[0]) if len(names) == 1 else str(folder)
+  return paths
+
+
+def read_xz_json(path: str, lines: bool = False):
+  """A (JSON-lines) fixture file, xz-compressed or plain."""
+  import json  # pylint: disable=g-import-not-at-top
+  import lzma  # pylint: disable=g-import-not-at-top
+  opener = lzma.open if path.endswith(".xz") else open
+  with opener(path, "rt", encoding="utf-8") as f:
+    return [json.loads(l) for l in f if l.strip()] if lines else json.load(f)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prepared_cache_dir(tmp_path_factory):
+  """Corpora prepared on first use (built-in, text:) go to a per-session cache, not ~/.cache."""
+  path = str(tmp_path_factory.mktemp("glm_jax_cache"))
+  previous = os.environ.get("GLM_JAX_CACHE_DIR")
+  os.environ["GLM_JAX_CACHE_DIR"] = path
+  yield path
+  if previous is None:
+    os.environ.pop("GLM_JAX_CACHE_DIR", None)
+  else:
+    os.environ["GLM_JAX_CACHE_DIR"] = previous
+
+
+TINY_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                           "tiny_corpus.txt")
+
+
+def prepare_in_process(output_dir, inputs=(TINY_CORPUS,), vocabulary="builtin", **kwargs):
+  """Prepares a corpus in this process (the units the Beam pipeline runs); returns the dir."""
+  from glm_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  prepare.prepare(list(inputs), vocabulary, str(output_dir), in_process=True, **kwargs)
+  return str(output_dir)
+
+
+@pytest.fixture(scope="session")
+def bert_vocab_file(vocab_paths):
+  """The real BERT uncased WordPiece vocab.txt (GLM-Base/Large), unpacked from tests/fixtures."""
+  return vocab_paths["wordpiece"]

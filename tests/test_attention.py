@@ -1,11 +1,11 @@
-"""The blocked attention core with its hand-written backward equals autodiff of the plain one."""
+"""The CPU layer's blocked attention core with its hand-written backward equals autodiff."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glm_jax import attention
+from glm_jax.kernels.cpu import attention
 from glm_jax.model import GLM, GLMConfig, attention_mask, init_params
 
 B, N, T, D = 2, 4, 48, 16
@@ -60,7 +60,7 @@ def test_masked_keys_get_no_gradient_and_no_weight():
 
 
 @pytest.mark.parametrize("remat_policy", ["none", "dots_no_batch", "full"])
-def test_model_gradients_equal_for_both_implementations(remat_policy):
+def test_model_gradients_equal_for_the_blocked_and_plain_cores(remat_policy):
   cfg = GLMConfig(vocab_size=64, num_layers=2, hidden_size=32, num_heads=4,
                   max_sequence_length=32, embedding_dropout=0.1, attention_dropout=0.2,
                   hidden_dropout=0.1, remat_policy=remat_policy)
@@ -69,8 +69,8 @@ def test_model_gradients_equal_for_both_implementations(remat_policy):
   positions = jnp.stack([jnp.tile(jnp.arange(24), (2, 1)), jnp.zeros((2, 24), jnp.int32)], 1)
   sep = jnp.asarray([10, 16], jnp.int32)
 
-  def grads(implementation):
-    model = GLM(cfg.replace(attention_implementation=implementation))
+  def grads(kernel):
+    model = GLM(cfg.replace(attention_kernel=kernel))
 
     def loss(p):
       logits = model.apply({"params": p}, tokens, positions, sep=sep, deterministic=False,
@@ -79,12 +79,24 @@ def test_model_gradients_equal_for_both_implementations(remat_policy):
 
     return jax.jit(jax.value_and_grad(loss))(params)
 
-  (loss_a, grad_a), (loss_b, grad_b) = grads("manual_vjp"), grads("autodiff")
+  (loss_a, grad_a), (loss_b, grad_b) = grads("cpu_blocked"), grads("xla")
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
   for a, b in zip(jax.tree_util.tree_leaves(grad_a), jax.tree_util.tree_leaves(grad_b)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_unknown_implementation_is_a_clear_error():
-  with pytest.raises(ValueError, match="attention_implementation must be"):
-    GLMConfig(attention_implementation="flash")
+def test_unknown_kernel_is_a_clear_error():
+  with pytest.raises(ValueError, match="attention_kernel must be one of"):
+    GLMConfig(attention_kernel="flash")
+
+
+def test_configs_saved_with_attention_implementation_still_load():
+  assert GLMConfig.from_dict({"attention_implementation": "autodiff"}).attention_kernel == "xla"
+  assert GLMConfig.from_dict({"attention_implementation": "manual_vjp"}).attention_kernel == "auto"
+
+
+def test_a_saved_platform_kernel_loads_as_auto_anywhere():
+  # A checkpoint of a GPU run (attention_kernel 'cudnn') evaluated on a CPU picks its kernel.
+  for kernel in ("cudnn", "splash", "cpu_blocked"):
+    assert GLMConfig.from_dict({"attention_kernel": kernel}).attention_kernel == "auto"
+  assert GLMConfig.from_dict({"attention_kernel": "xla"}).attention_kernel == "xla"

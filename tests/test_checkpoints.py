@@ -1,5 +1,6 @@
 """Orbax checkpoints: round trip, keep K, corrupt-latest fallback, params-only, digests, CLI."""
 
+import json
 import os
 
 import jax
@@ -129,6 +130,47 @@ def test_cli_lists_steps_parameter_counts_and_digests(tmp_path):
   assert rows[0][1] == f"{64 * 16 + 64:,}"
   assert rows[1][2] == checkpoints.params_digest(_state(4).params)
   missing = run_module("glm_jax.checkpoints", [f"--model_dir={tmp_path}/nope"], timeout=120)
-  assert missing.returncode == 1
+  assert missing.returncode == 2
   assert missing.stderr.strip().splitlines()[-1].startswith("Error: MODEL_DIR")
   assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_that_does_not_match_raises_and_renames_nothing(tmp_path):
+  manager = _manager(tmp_path)
+  for step in (2, 4):
+    manager.save(_state(step), next_batch=step, config=CFG, vocab_spec="builtin")
+  manager.close()
+  wider = _state(0)
+  wider = wider.replace(params={**wider.params, "word_embeddings": jnp.zeros((64, 32))})
+  other = checkpoints.CheckpointManager(str(tmp_path), _abstract(wider), period=2)
+  with pytest.raises(ValueError, match="cannot be restored into this run's train state"):
+    other.restore_latest()
+  other.close()
+  assert sorted(os.listdir(tmp_path)) == ["2", "4"]  # nothing set aside
+  with pytest.raises(ValueError, match="made for this model"):
+    checkpoints.load_params(str(tmp_path), _abstract(wider).params)
+
+
+def test_only_unfinished_step_directories_are_removed(tmp_path):
+  manager = _manager(tmp_path)
+  manager.save(_state(2), next_batch=2, config=CFG, vocab_spec="builtin")
+  manager.close()
+  partial = tmp_path / "4.orbax-checkpoint-tmp-1234"  # a save cut short by kill -9
+  (partial / "state").mkdir(parents=True)
+  for other in ("tensorboard", "best", "eval", "corrupt_3_1"):
+    (tmp_path / other).mkdir()
+  reopened = _manager(tmp_path)
+  assert reopened.all_steps() == [2]
+  reopened.close()
+  assert sorted(os.listdir(tmp_path)) == ["2", "best", "corrupt_3_1", "eval", "tensorboard"]
+
+
+def test_unreadable_reason_tells_lost_bytes_from_other_errors():
+  assert checkpoints.unreadable_reason(ValueError("DATA_LOSS: Error decoding manifest"))
+  assert checkpoints.unreadable_reason(ValueError("NOT_FOUND: Error reading local file"))
+  wrapped = RuntimeError("restore failed")
+  wrapped.__cause__ = json.JSONDecodeError("Expecting value", "", 0)
+  assert checkpoints.unreadable_reason(wrapped)
+  for error in (ValueError("Requested shape: (64, 32) is not compatible with the stored shape"),
+                ValueError("UNAVAILABLE: connection reset"), MemoryError(), KeyError("params")):
+    assert checkpoints.unreadable_reason(error) is None

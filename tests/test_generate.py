@@ -28,14 +28,21 @@ def model(vocab):
 def test_prompt_layout(vocab):
   s = vocab.special
   p = generate.build_prompt("The cat [MASK] on the [sMASK]", vocab)
-  assert p.tokens[0] == s.cls and p.tokens[-1] == s.smask  # ends in a mask: no eos
+  assert p.tokens[0] == s.cls and p.tokens[-2:] == (s.smask, s.eos)  # only [gMASK] drops eos
   assert [p.tokens[i] for i in p.mask_positions] == [s.mask, s.smask]
+  assert generate.build_prompt("The cat [MASK]", vocab).tokens[-2:] == (s.mask, s.eos)
+  assert generate.build_prompt("The cat [gMASK]", vocab).tokens[-1] == s.gmask
   assert p.pieces == ("The cat ", " on the ", "")
   inner = generate.build_prompt("a [MASK] b", vocab)
   assert inner.tokens[-1] == s.eos
   assert list(inner.tokens[1:inner.mask_positions[0]]) == list(vocab.encode("a"))
   plain = generate.build_prompt("Once upon a time", vocab)  # no mask: [gMASK] appended
   assert plain.tokens[-1] == s.gmask and plain.mask_positions == (len(plain.tokens) - 1,)
+  # A model without task masks generates behind [MASK] (then eos) and has no [sMASK]/[gMASK].
+  old = generate.build_prompt("Once upon a time", vocab, task_mask=False)
+  assert old.tokens[-2:] == (s.mask, s.eos) and old.mask_positions == (len(old.tokens) - 2,)
+  with pytest.raises(ValueError, match="without task masks"):
+    generate.build_prompt("A [sMASK] B", vocab, task_mask=False)
   with pytest.raises(ValueError, match="empty"):
     generate.build_prompt("  ", vocab)
 

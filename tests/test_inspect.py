@@ -45,11 +45,24 @@ def _reassemble(ex, spans):
 def test_part_a_and_b_reassemble_the_sample(task_name, objective):
   task = tasks.glm_task(task_name)
   sop = task.vocabulary.special.sop
-  for ex in inspect_lib._examples(task, "train", 96, 0, 12, objective):  # pylint: disable=protected-access
+  for ex in inspect_lib.examples(task_name, "train", 96, 0, 0, 12, objective):
     spans = inspect_lib.part_b_spans(ex, sop)
     assert len(spans) == ex["num_spans"]
     assert sum(s["length"] for s in spans) == ex["num_masked"]
     assert _reassemble(ex, spans) == ex["sample"][:ex["raw_length"]].tolist()
+
+
+def test_examples_are_the_trainer_rows(task_name):
+  from glm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  batch = next(pipeline.get_batches(task_name, "train", sequence_length=96, batch_size=4,
+                                    seed=3, start_batch=2))
+  shown = inspect_lib.examples(task_name, "train", 96, seed=3, start=8, count=4)
+  for row, ex in enumerate(shown):
+    assert ex["index"] == 8 + row
+    n = len(ex["tokens"])
+    assert ex["tokens"].tolist() == batch["tokens"][row][:n].tolist()
+    assert not batch["tokens"][row][n:].any()
+    assert ex["positions"].tolist() == batch["positions"][row][:, :n].tolist()
 
 
 def test_stats_token_objective(task_name):
@@ -82,14 +95,11 @@ def test_cli_stats_prints_one_json_object():
   assert 0.45 < data["masked_fraction_mean"] <= 1.0
 
 
-def test_cli_unknown_task_is_one_line(capsys):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.FLAGS(["inspect", "--task=no_such_task"])
-  try:
-    with pytest.raises(SystemExit) as exit_info:
-      inspect_lib.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
-  assert exit_info.value.code == 1
-  err = capsys.readouterr().err.strip().splitlines()
+def test_cli_unknown_task_is_one_line():
+  # A subprocess: parsing absl flags in this process would change other tests' logging.
+  result = subprocess.run([sys.executable, "-m", "glm_jax.data.inspect", "--task=no_such_task"],
+                          capture_output=True, text=True, timeout=180)
+  assert result.returncode == 2
+  err = [l for l in result.stderr.strip().splitlines() if l.startswith("Error:")]
   assert len(err) == 1 and "not a GLM task" in err[0]
+  assert result.stderr.strip().splitlines()[-1] == err[0]

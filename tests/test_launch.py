@@ -1,11 +1,16 @@
 """Launchers: the dry runs print the expected commands; the local launcher propagates exits."""
 
+import json
 import os
+import random
 import shlex
+import socket
 import subprocess
 import sys
 
 import pytest
+
+from conftest import multi_device_env, write_tiny_gin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_ARGS = ["--gin_file=configs/runs/pretrain.gin", "--gin.MODEL_DIR=gs://bucket/glm large"]
@@ -88,41 +93,59 @@ def test_slurm_dry_run_prints_the_batch_script(mode, tasks):
   result = _launch("slurm_gpu.py", "--dry_run", "--nodes=4", "--gpus_per_node=8",
                    f"--mode={mode}", "--partition=h100", "--port=23456", "--", *TRAIN_ARGS)
   assert result.returncode == 0, result.stderr
-  script = result.stdout
+  lines = result.stdout.splitlines()
   for line in ("#SBATCH --nodes=4", f"#SBATCH --ntasks-per-node={tasks}",
-               "#SBATCH --gpus-per-node=8", "#SBATCH --partition=h100"):
-    assert line in script.splitlines()
-  srun = shlex.split(next(l for l in script.splitlines() if l.startswith("srun ")))
-  assert srun[:3] == ["srun", "--kill-on-bad-exit=1", "python"]
-  assert srun[3] == os.path.join(REPO, "launch", "slurm_gpu.py")
-  assert srun[4:] == ["--worker", f"--mode={mode}", "--port=23456", "--python=python", "--",
-                      *TRAIN_ARGS]
+               "#SBATCH --gpus-per-node=8", "#SBATCH --partition=h100",
+               "export JAX_COORDINATOR_PORT=23456"):
+    assert line in lines
+  # per_gpu: JAX pins each task to GPU SLURM_LOCALID; per_node: one task sees all 8.
+  assert ("export JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7" in lines) == (mode == "per_node")
+  srun = shlex.split(next(l for l in lines if l.startswith("srun ")))
+  assert srun == ["srun", "--kill-on-bad-exit=1", "python", "-m", "glm_jax.train",
+                  "--multihost_auto", *TRAIN_ARGS]
+  default_port = _launch("slurm_gpu.py", "--dry_run", "--", *TRAIN_ARGS)
+  assert "JAX_COORDINATOR_PORT" not in default_port.stdout  # JAX derives it from the job id
+  missing = _launch("slurm_gpu.py", "--dry_run", "--nodes=0", "--", *TRAIN_ARGS)
+  assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("visible,local,expected", [
-    ("0,1,2,3,4,5,6,7", "5", "5"), ("3", "3", "3"), (None, "2", "2")])
-def test_slurm_worker_takes_the_coordinator_from_the_environment(visible, local, expected):
-  env = {"SLURM_JOB_NODELIST": "h100-[007-010],login1", "SLURM_NTASKS": "32",
-         "SLURM_PROCID": "13", "SLURM_LOCALID": local}
-  if visible is not None:
-    env["CUDA_VISIBLE_DEVICES"] = visible
-  argv = _lines(_launch("slurm_gpu.py", "--worker", "--dry_run", "--port=9999", "--",
-                        *TRAIN_ARGS, env=env))[0]
-  assert argv[0] == f"CUDA_VISIBLE_DEVICES={expected}"
-  assert argv[1:4] == ["python", "-m", "glm_jax.train"]
-  assert argv[4:7] == ["--coordinator_address=h100-007:9999", "--num_processes=32",
-                       "--process_id=13"]
-  assert argv[7:] == TRAIN_ARGS
+def _slurm_port() -> int:
+  """A free port JAX's SLURM detection picks: job id % 4096 + 61440."""
+  for port in random.Random(os.getpid()).sample(range(61440, 65536), 200):
+    with socket.socket() as s:
+      try:
+        s.bind(("127.0.0.1", port))
+      except OSError:
+        continue
+      return port
+  raise RuntimeError("no free port in 61440-65535")
 
 
-def test_slurm_worker_per_node_and_missing_environment():
-  env = {"SLURM_JOB_NODELIST": "gpu12", "SLURM_NTASKS": "4", "SLURM_PROCID": "0"}
-  argv = _lines(_launch("slurm_gpu.py", "--worker", "--dry_run", "--mode=per_node", "--",
-                        *TRAIN_ARGS, env=env))[0]
-  assert argv[:4] == ["python", "-m", "glm_jax.train", "--coordinator_address=gpu12:12345"]
-  missing = _launch("slurm_gpu.py", "--worker", "--dry_run", "--", *TRAIN_ARGS)
-  assert missing.returncode == 2 and "SLURM_JOB_NODELIST" in missing.stderr
-  assert len(missing.stderr.strip().splitlines()) == 1
+@pytest.mark.slow
+def test_slurm_tasks_join_through_jax_cluster_detection(tmp_path):
+  """The batch script's srun command, in two tasks of a (simulated) one-node SLURM job."""
+  gin_file = write_tiny_gin(tmp_path, "TRAIN_STEPS = 3\nCHECKPOINT_PERIOD = 3\n")
+  model_dir = tmp_path / "run"
+  script = _launch("slurm_gpu.py", "--dry_run", "--nodes=1", "--gpus_per_node=2",
+                   f"--python={sys.executable}", "--", f"--gin_file={gin_file}",
+                   f"--gin.MODEL_DIR={model_dir}", "--gin.MESH_DATA=2").stdout
+  command = shlex.split(next(l for l in script.splitlines() if l.startswith("srun ")))[2:]
+  job_id = _slurm_port() - 61440
+  procs = []
+  for task in range(2):
+    env = multi_device_env(1)
+    env.update(SLURM_JOB_ID=str(job_id), SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
+               SLURM_PROCID=str(task), SLURM_LOCALID=str(task), SLURM_STEP_NUM_NODES="1",
+               JAX_PLATFORMS="cpu")
+    procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  records = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+  # Both tasks joined one job: the global batch of 8 rows is split over 2 processes.
+  assert sorted(os.listdir(model_dir / "3" / "state")).count("ocdbt.process_1") == 1
 
 
 def test_tpu_pod_exports_environment_and_backgrounds_training():

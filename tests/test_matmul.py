@@ -1,11 +1,11 @@
-"""glm_jax.matmul.einsum: the values and gradients of jnp.einsum, with a planned dw layout."""
+"""glm_jax.kernels.cpu.matmul.einsum: the values and gradients of jnp.einsum, with a planned dw layout."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glm_jax import matmul
+from glm_jax.kernels.cpu import matmul
 from glm_jax.model import _REMAT_POLICIES
 
 # The network's five projections: (spec, x shape, w shape).

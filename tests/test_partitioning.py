@@ -68,6 +68,12 @@ except ValueError as e:
 p3 = partitioning.Partitioner(partitioning.MeshConfig(data=1, fsdp=1, tensor=8))
 sh3 = p3.param_shardings(models.BlankInfillingModel(cfg).abstract_params())
 out["emb_t8"] = str(sh3["word_embeddings"].spec)   # 60 % 8 != 0 -> vocab replicated
+p3.param_shardings(models.BlankInfillingModel(cfg).abstract_params())  # warned once per run
+import numpy as np
+rows = p.put_global({"tokens": np.arange(12).reshape(3, 4)}, "decoding batch")
+out["rows"] = [str(rows["tokens"].sharding.spec), rows["tokens"].tolist()[2]]
+p.put_global(np.zeros((3, 1)), "decoding batch")
+out["even"] = str(p.put_global(np.zeros((8, 1))).sharding.spec)
 print(json.dumps(out))
 """
 
@@ -81,3 +87,16 @@ def test_eight_device_shardings_and_fallback():
   assert out["slice"] == [0, 1]  # one process holds every row
   assert "not divisible by the data-parallel mesh size 4" in out["err"]
   assert out["emb_t8"] == str(P(None, "fsdp"))  # fsdp has size 1 there
+  # Each dimension that cannot be sharded as the rules ask: one visible warning per run.
+  warnings = [l for l in result.stderr.splitlines() if "is not divisible by mesh axes" in l]
+  names = [l.split("WARNING:absl:")[-1].split(":")[0] for l in warnings]
+  assert sorted(names) == sorted(set(names)), names  # param_shardings ran twice
+  assert set(names) == {"parameter word_embeddings", "parameter layers/attention/qkv_kernel",
+                        "parameter layers/attention/qkv_bias",
+                        "parameter layers/attention/out_kernel", "decoding batch"}
+  assert any("parameter word_embeddings: dimension 0 (size 60) is not divisible by mesh axes "
+             "tensor (8 devices) of the mesh data:1 x fsdp:1 x tensor:8" in l for l in warnings)
+  assert any("decoding batch: dimension 0 (size 3) is not divisible by mesh axes data/fsdp "
+             "(4 devices) of the mesh data:2 x fsdp:2 x tensor:2" in l for l in warnings)
+  assert out["rows"] == [str(P(None, None)), [8, 9, 10, 11]]  # 3 rows, 4 batch shards: replicated
+  assert out["even"] == str(P(("data", "fsdp"), None))

@@ -93,7 +93,7 @@ def test_optimizer_state_and_arguments_follow_the_parameters(mesh_plans):
     assert m["xla"]["temp_bytes"] > 0
     assert m["xla"]["peak_bytes"] >= m["xla"]["argument_bytes"] + m["xla"]["temp_bytes"]
   # Each device holds an eighth of the batch's activations (fixed workspace aside). That the
-  # single-device CPU kernels stay off sharded meshes is tests/test_backend.py's check.
+  # single-device CPU kernels stay off sharded meshes is tests/test_kernel_choice.py's check.
   assert fsdp8["activations_temp_bytes"] < one["activations_temp_bytes"] / 4
 
 
@@ -128,6 +128,9 @@ def test_cli_simulates_the_mesh_devices_itself_and_writes_json(tmp_path):
     assert text in result.stdout
   report = json.loads(out.read_text())
   assert report["num_devices"] == 4 and report["device_kind"] == "cpu"
+  # Planned for a TPU, compiled here: the xla kernel (seq 32 is too short for splash).
+  assert report["platform"] == "tpu" and report["attention_kernel"] == "xla"
+  assert report["max_scores_elements"] == report["dense_scores_elements"] > 0
   assert report["model"]["remat_policy"] == "full" and report["model"]["num_layers"] == 2
   p = report["projection"]
   assert p["peak_tflops"] == pytest.approx(197.0) and p["fits"] is True
@@ -144,6 +147,7 @@ def test_cli_simulates_the_mesh_devices_itself_and_writes_json(tmp_path):
     (("--mesh=data:1", "--batch_size=8", "--seq_len=128"), "exceeds the model's"),
     (("--mesh=data:1", "--seq_len=32"), "--batch_size"),
     (("--mesh=data:1", "--batch_size=8", "--seq_len=32", "--device=tpu9"), "Unknown device"),
+    (("--mesh=data:1", "--batch_size=8", "--seq_len=32", "--lower_only"), "pass --platform"),
 ])
 def test_cli_errors_are_one_line(args, message):
   result = _cli(*args)
@@ -175,3 +179,57 @@ def test_recompute_flops_by_policy():
   assert by("dots_no_batch") == 4.0 * layers * t * h
   assert by("full") == by("save_nothing") == 2.0 * layers * 12 * h * h + 4.0 * layers * t * h
   assert math.isclose(by("full") * 3, 6 * layers * 12 * h * h + 12 * layers * t * h)
+
+
+def _lower(gin_file, seq_len, platform, *bindings, tmp_path=None):
+  """--lower_only report (and lowered text) of a 2-row step at seq_len for `platform`."""
+  mlir = tmp_path / "step.mlir"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu")
+  bindings = [f"--gin_bindings=model.GLMConfig.{b}" for b in
+              (f"max_sequence_length = {seq_len}", *bindings)]
+  result = subprocess.run(
+      [sys.executable, "-m", "glm_jax.plan", f"--gin_file={gin_file}", *bindings,
+       "--mesh=data:1", "--batch_size=2", f"--seq_len={seq_len}", "--lower_only",
+       f"--platform={platform}", "--json", f"--mlir_out={mlir}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout[result.stdout.index("{"):]), mlir.read_text()
+
+
+@pytest.mark.parametrize("gin_file,seq_len,heads", [
+    ("configs/models/glm_large.gin", 1024, 16), ("configs/models/glm_10b.gin", 2048, 64)])
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_fused_kernels_lower_the_train_step_without_dense_scores(tmp_path, gin_file, seq_len,
+                                                                heads, platform):
+  # The real train step of GLM-Large at 1024 / GLM-10B at 2048, lowered for a GPU or a TPU on
+  # this CPU: 'auto' picks the fused kernel (bf16, no attention dropout), whose custom calls
+  # are in the module, and no [B, N, T, T] value is left.
+  report, text = _lower(gin_file, seq_len, platform, "dtype = 'bfloat16'",
+                        "attention_dropout = 0.0", tmp_path=tmp_path)
+  assert report["lowered_for"] == platform and "compile_seconds" not in report
+  dense = f"2x{heads}x{seq_len}x{seq_len}x"
+  assert report["dense_scores_elements"] == 2 * heads * seq_len * seq_len
+  assert report["max_scores_elements"] == 0 and dense not in text
+  if platform == "cuda":
+    assert report["attention_kernel"] == "cudnn"
+    assert report["attention_custom_calls"] == ["__cudnn$fmhaSoftmax",
+                                                "__cudnn$fmhaSoftmaxBackward"]
+    assert "stablehlo.custom_call @__cudnn$fmhaSoftmax(" in text
+  else:
+    assert report["attention_kernel"] == "splash"
+    calls = report["attention_custom_calls"]
+    assert any(c.startswith("splash_mha_fwd") for c in calls)
+    assert any(c.startswith("splash_mha_dkv") for c in calls)
+    assert "stablehlo.custom_call @tpu_custom_call(" in text
+
+
+def test_the_xla_kernel_lowers_dense_scores(tmp_path):
+  # With attention dropout on, 'auto' keeps the xla kernel on a GPU: its [B, N, T, T] scores
+  # (stacked over the 24 scanned layers for the backward) are in the module.
+  report, text = _lower("configs/models/glm_large.gin", 1024, "cuda", "dtype = 'bfloat16'",
+                        tmp_path=tmp_path)
+  assert report["attention_kernel"] == "xla" and report["attention_custom_calls"] == []
+  assert report["max_scores_elements"] >= report["dense_scores_elements"] == 2 * 16 * 1024 ** 2
+  assert "2x16x1024x1024x" in text
+

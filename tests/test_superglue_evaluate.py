@@ -30,6 +30,7 @@ def test_mixtures_and_seqio_task():
   assert tasks.task_names("superglue") == [f"superglue_{t}" for t in sources.TASKS]
   assert "superglue_record" not in tasks.task_names("superglue_no_record")
   assert len(tasks.task_names("superglue_no_record_tfds")) == 7
+  assert tasks.task_names("rte") == ["superglue_rte"]  # TASK = 'rte' in the fine-tuning gin
   import seqio  # pylint: disable=g-import-not-at-top
   ds = seqio.get_mixture_or_task("superglue_cb").get_dataset(
       sequence_length=None, split="validation", shuffle=False)
@@ -56,7 +57,8 @@ def test_tfds_examples_become_the_same_records():
       {"text": b"Mark told Pete lies about himself. He should have been more truthful.",
        "span1_index": 2, "span2_index": 6, "span1_text": b"Pete", "span2_text": b"He",
        "idx": 1, "label": 0}])
-  assert wsc[0]["candidates"] == ["Mark", "Pete"] and wsc[1]["candidates"] == ["Pete", "Mark"]
+  assert wsc[0]["heuristic_candidates"] == ["Pete"] and wsc[1]["heuristic_candidates"] == ["Mark"]
+  assert "candidates" not in wsc[0]  # the public WSC has no candidate lists
   assert wsc[0]["label"] is True
 
 

@@ -30,16 +30,16 @@ def _examples(task, n, split="validation", directory=SUPERGLUE_DIR):
   return [patterns.render(task, r) for r in records]
 
 
-def _direct_score(cfg, params, enc, answer, length=256):
+def _direct_score(cfg, params, enc, c, answer, length=256):
   """Sum of log p(answer tokens incl. eop) from one hand-built sequence [A, sop, answer[:-1]].
 
   Trailing zeros pad it to `length` (one compilation); they sit after every scored position.
   """
-  a = list(enc.part_a)
+  a = list(enc.part_a_of(c))  # candidate c's row (each row is truncated for its answer)
   n = len(answer)
   pad = length - len(a) - n
   tokens = np.array([a + [enc.sop] + list(answer[:-1]) + [0] * pad], np.int32)
-  pos = np.array([list(range(len(a))) + [enc.mask_position] * n + [0] * pad], np.int32)
+  pos = np.array([list(range(len(a))) + [enc.mask_position_of(c)] * n + [0] * pad], np.int32)
   block = np.array([[0] * len(a) + list(range(1, n + 1)) + [0] * pad], np.int32)
   logits = _apply(cfg, params, tokens, np.stack([pos, block], 1), np.array([len(a)], np.int32))
   logp = np.asarray(logits[0], np.float64)
@@ -71,7 +71,7 @@ def test_multi_token_scores_match_direct_computation(setup, task, directory, spl
     assert scores.shape == (3, max(len(e.answers) for e in enc))
     for i, e in enumerate(enc):
       for c, answer in enumerate(e.answers[:3]):
-        np.testing.assert_allclose(scores[i, c], _direct_score(cfg, params, e, answer),
+        np.testing.assert_allclose(scores[i, c], _direct_score(cfg, params, e, c, answer),
                                    rtol=2e-5, atol=2e-4)
       assert np.all(scores[i, len(e.answers):] == scoring.INVALID_SCORE)
 
@@ -134,8 +134,9 @@ def test_scores_match_reference_multi_token_cloze(variant):
     answers = tuple(tuple(int(t) for t in targets[b, c, :int(logit_mask[b, c].sum())])
                     for c in range(targets.shape[1]))
     encoded.append(patterns.EncodedCloze(
-        part_a=tuple(int(t) for t in enc_ids[b, :sep[b]]), mask_position=int(dec_pos[b, 0, 0, 0]),
-        answers=answers, multi_token=True, truncated=False, sop=996))
+        parts_a=(tuple(int(t) for t in enc_ids[b, :sep[b]]),),
+        mask_positions=(int(dec_pos[b, 0, 0, 0]),), answers=answers, multi_token=True,
+        truncated=False, sop=996))
   model = ClozeModel(cfg)
   for layout in ("separate", "shared"):
     batch = inputs.make_batch(encoded, [0, 0], sequence_length=40, layout=layout)

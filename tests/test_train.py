@@ -1,6 +1,8 @@
 """End to end through `python -m glm_jax.train`: metrics, resume after kill -9, SIGTERM, init, NaN."""
 
+import dataclasses
 import json
+import math
 import os
 import random
 import signal
@@ -192,6 +194,14 @@ def test_nan_stop_keeps_the_last_good_checkpoint_and_skip_carries_on(tmp_path):
   rows = checkpoints.describe(str(skip_dir))
   assert rows[-1]["step"] == 4 and rows[-1]["sha256"] == rows[0]["sha256"]
   assert "Skipped" in result.stdout + result.stderr
+  # Only step 1 was applied: the optimizer's count stays 1, so steps 2-4 log the rate it
+  # would apply next (cosine over 4 updates at count 1), not the schedule at steps 2, 3.
+  logged = _metrics(skip_dir)
+  assert [r["skipped_updates"] for r in logged] == [0, 1, 2, 3]
+  at_one = 1e30 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 4)))
+  assert logged[0]["learning_rate"] == 1e30
+  for r in logged[1:]:
+    assert r["learning_rate"] == pytest.approx(at_one, rel=1e-12)
 
 
 @pytest.mark.parametrize("name,layers,lr,steps", [
@@ -201,7 +211,7 @@ def test_nan_stop_keeps_the_last_good_checkpoint_and_skip_carries_on(tmp_path):
     ("glm_10b", 48, 1e-4, 250000)])
 def test_experiment_files_parse_with_the_reference_recipes(name, layers, lr, steps):
   import gin  # pylint: disable=g-import-not-at-top
-  from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from glm_jax import gin_utils, optim  # pylint: disable=g-import-not-at-top
   from glm_jax.model import GLMConfig  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:
@@ -210,6 +220,17 @@ def test_experiment_files_parse_with_the_reference_recipes(name, layers, lr, ste
     assert gin.query_parameter("%LEARNING_RATE") == lr
     assert gin.query_parameter("%TRAIN_STEPS") == steps
     assert gin.query_parameter("%CLIP_NORM") == 1.0
+    # The reference's training semantics (configs/runs/reference_training.gin).
+    assert gin.query_parameter("%SCHEDULE_CONVENTION") == "reference"
+    assert gin.query_parameter("%LOSS_NORMALIZATION") == "microbatch_mean"
+    assert gin.query_parameter("%CLIP_EPS") == 1e-6
+    assert gin.query_parameter("%MICROBATCH_CLIP") == "accumulated"
+    _, lr_fn = optim.create_optimizer(total_steps=steps)  # warmup: --warmup x DECAY_STEPS
+    warmup = {"glm_base": 6000, "glm_large": 8000, "glm_doc": 8000, "glm_sent": 8000,
+              "glm_roberta": 30000, "glm_2b": 7000, "glm_10b": 7000}[name]
+    assert optim.schedule_value(lr_fn, 0) == 0.0
+    assert optim.schedule_value(lr_fn, warmup) == pytest.approx(lr, rel=1e-12)
+    assert optim.schedule_value(lr_fn, warmup - 1) < lr
   finally:
     gin.clear_config()
 
@@ -226,3 +247,105 @@ def test_best_evaluation_is_kept(reference_run):
   assert step == best["step"] and config.num_layers >= 1
   if step == STEPS:  # the final checkpoint holds the same parameters
     assert checkpoints.params_digest(params) == _final_digest(model_dir)[1]
+
+
+# ----------------------------------------------------------------------------- prepared corpora
+
+PREPARED_GIN = """
+model.GLMConfig.vocab_size = 8064
+TRAIN_INPUT = @train.task_batches
+MIXTURE_OR_TASK_NAME = 'prepared:{corpus}'
+VOCABULARY = 'builtin'
+"""
+
+
+@pytest.fixture(scope="module")
+def prepared_corpus(tmp_path_factory):
+  from conftest import prepare_in_process  # pylint: disable=g-import-not-at-top
+  return prepare_in_process(tmp_path_factory.mktemp("prepared") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def prepared_reference_run(tmp_path_factory, prepared_corpus):
+  root = tmp_path_factory.mktemp("prepared_reference")
+  gin_file = write_tiny_gin(root, RUN_GIN + PREPARED_GIN.format(corpus=prepared_corpus))
+  model_dir = root / "run"
+  result = run_module("glm_jax.train", _train_args(gin_file, model_dir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return gin_file, model_dir
+
+
+def test_prepared_corpus_kill_9_then_resume_is_bitwise_identical(prepared_reference_run,
+                                                                 tmp_path):
+  gin_file, reference_dir = prepared_reference_run
+  records = _metrics(reference_dir)
+  assert [r["step"] for r in records if "loss" in r] == list(range(1, STEPS + 1))
+  assert any("eval/loss" in r for r in records)
+  kill_at = random.Random(os.getpid()).randint(2, STEPS - 10)
+  model_dir = tmp_path / "killed"
+  proc = _start(gin_file, model_dir)
+  reached = _wait_for_step(proc, model_dir, kill_at)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  result = run_module("glm_jax.train", _train_args(gin_file, model_dir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _final_digest(model_dir) == _final_digest(reference_dir), f"killed at {reached}"
+  losses = {r["step"]: r["loss"] for r in _metrics(model_dir) if "loss" in r}
+  assert losses == {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def _error_line(result):
+  assert result.returncode == 1, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("Error: "), last
+  return last
+
+
+def test_vocabulary_mismatches_stop_the_run_with_one_line(tmp_path, prepared_corpus,
+                                                          bert_vocab_file):
+  from glm_jax.model import GLMConfig, init_params  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  bert = f"wordpiece:{bert_vocab_file}"
+  gin_file = write_tiny_gin(tmp_path, PREPARED_GIN.format(corpus=prepared_corpus))
+  # The run's vocabulary is larger than the model's embedding table.
+  line = _error_line(run_module("glm_jax.train", _train_args(
+      gin_file, tmp_path / "a", f"--gin.VOCABULARY='{bert}'")))
+  assert "has 30592 ids" in line and "GLMConfig.vocab_size is 8064" in line
+  assert "model.GLMConfig.vocab_size = 30592" in line
+  # The prepared corpus was tokenized with another vocabulary than the run's.
+  line = _error_line(run_module("glm_jax.train", _train_args(
+      gin_file, tmp_path / "b", f"--gin.VOCABULARY='{bert}'",
+      "--gin.model.GLMConfig.vocab_size=30592")))
+  assert "tokenized with vocabulary 'builtin'" in line and bert in line
+  assert f"--vocabulary={bert}" in line
+  # INIT_CHECKPOINT was trained with another vocabulary than VOCABULARY.
+  config = GLMConfig(vocab_size=30592, num_layers=2, hidden_size=32, num_heads=4,
+                     max_sequence_length=64)
+  init = checkpoints.save_params_checkpoint(str(tmp_path / "init"),
+                                            init_params(config, jax.random.PRNGKey(0)),
+                                            config, "builtin")
+  line = _error_line(run_module("glm_jax.train", _train_args(
+      gin_file, tmp_path / "c", f"--gin.VOCABULARY='{bert}'",
+      "--gin.model.GLMConfig.vocab_size=30592", f"--gin.INIT_CHECKPOINT='{init}'")))
+  assert f"INIT_CHECKPOINT {init} was trained with vocabulary 'builtin'" in line
+  assert bert in line and "VOCABULARY = 'builtin'" in line
+
+
+def test_default_vocabulary_is_init_checkpoints(tmp_path):
+  from glm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from glm_jax.model import GLMConfig, init_params  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  config = GLMConfig(vocab_size=128, num_layers=1, hidden_size=32, num_heads=4,
+                     max_sequence_length=64)
+  init = checkpoints.save_params_checkpoint(str(tmp_path / "init"),
+                                            init_params(config, jax.random.PRNGKey(0)),
+                                            config, "spm:/somewhere/model.model")
+  assert train_lib.default_vocabulary(init) == "spm:/somewhere/model.model"
+  assert train_lib.default_vocabulary(None) == "builtin"
+  # Resuming a MODEL_DIR trained with another vocabulary is refused the same way.
+  with pytest.raises(ValueError, match=r"MODEL_DIR .* was trained with vocabulary "
+                     r"'spm:/somewhere/model.model' but VOCABULARY is 'builtin'"):
+    train_lib.check_vocabulary("builtin", dataclasses.replace(config, vocab_size=8064),
+                               model_dir=init)
+  train_lib.check_vocabulary("builtin", dataclasses.replace(config, vocab_size=8064),
+                             model_dir=str(tmp_path / "empty"))  # nothing saved: fine

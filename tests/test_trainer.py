@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from glm_jax import models, optim, partitioning, trainer as trainer_lib
@@ -20,11 +21,11 @@ CFG = GLMConfig(vocab_size=128, num_layers=2, hidden_size=32, num_heads=4,
                 hidden_dropout=0.0)
 
 
-def _trainer(cfg=CFG, microbatches=1, devices=None, mesh=None, seed=0):
+def _trainer(cfg=CFG, microbatches=1, devices=None, mesh=None, seed=0, **options):
   partitioner = partitioning.Partitioner(mesh or partitioning.MeshConfig(), devices=devices)
   tx, lr = optim.create_optimizer(learning_rate=3e-3, warmup_steps=2, total_steps=20)
   return trainer_lib.Trainer(models.BlankInfillingModel(cfg), partitioner, tx, lr, seed=seed,
-                             num_microbatches=microbatches)
+                             num_microbatches=microbatches, **options)
 
 
 def _batches(n, batch_size=8):
@@ -107,11 +108,98 @@ def test_eval_step_sums_numerators_and_denominators():
   assert float(accuracy_den) == weight_sum
 
 
+def _micro_gradients(params, batch, microbatches=2):
+  """Per microbatch (rows m, m + M, ...): (token-mean gradient, token-mean loss, weight)."""
+  model = models.BlankInfillingModel(CFG)
+  grad_fn = jax.jit(jax.value_and_grad(
+      lambda p, b: model.loss_fn(p, b, None, deterministic=True), has_aux=True))
+  out = []
+  for m in range(microbatches):
+    micro = {k: v[m::microbatches] for k, v in batch.items()}
+    (loss_sum, aux), grads = grad_fn(params, micro)
+    weight = float(aux["weight_sum"])
+    out.append((jax.tree_util.tree_map(lambda g, w=weight: g / w, grads),
+                float(loss_sum) / weight, weight))
+  return out
+
+
+def _norm(tree):
+  return float(optax.global_norm(tree))
+
+
+def _tree_sum(a, b, scale_a=1.0):
+  return jax.tree_util.tree_map(lambda x, y: scale_a * x + y, a, b)
+
+
+def test_microbatch_mean_normalisation_is_the_reference_s():
+  """'microbatch_mean': loss and gradient are the mean of each microbatch's token mean."""
+  batch = _batches(1)[0]
+  t = _trainer(microbatches=2, loss_normalization="microbatch_mean", clip_norm=None)
+  state = t.init_state(jax.random.PRNGKey(0))
+  (g0, l0, w0), (g1, l1, w1) = _micro_gradients(state.params, batch)
+  assert w0 != w1  # so the two normalisations differ
+  _, metrics = t.train_step(state, t.partitioner.shard_batch(batch, 8))
+  assert float(metrics["loss"]) == pytest.approx((l0 + l1) / 2, rel=1e-6)
+  mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, g0, g1)
+  assert float(metrics["grad_norm"]) == pytest.approx(_norm(mean), rel=1e-5)
+  tokens = _trainer(microbatches=2, clip_norm=None)
+  _, metrics = tokens.train_step(tokens.init_state(jax.random.PRNGKey(0)),
+                                 tokens.partitioner.shard_batch(batch, 8))
+  assert float(metrics["loss"]) == pytest.approx((l0 * w0 + l1 * w1) / (w0 + w1), rel=1e-6)
+  assert abs(float(metrics["loss"]) - (l0 + l1) / 2) > 1e-4
+
+
+def test_each_microbatch_clip_is_the_reference_s_non_deepspeed_path():
+  """'each': the half-gradient of microbatch 0 is clipped before microbatch 1's is added."""
+  batch = _batches(1)[0]
+  clip = 0.05
+  (g0, _, _), (g1, _, _) = _micro_gradients(
+      _trainer().init_state(jax.random.PRNGKey(0)).params, batch)
+  first = _norm(g0) / 2
+  assert first > clip  # the first clip really scales
+  clipped = _tree_sum(g0, g1, scale_a=clip / first)
+  results = {}
+  for mode in ("each", "accumulated"):
+    t = _trainer(microbatches=2, loss_normalization="microbatch_mean", clip_norm=clip,
+                 microbatch_clip=mode)
+    _, metrics = t.train_step(t.init_state(jax.random.PRNGKey(0)),
+                              t.partitioner.shard_batch(batch, 8))
+    results[mode] = float(metrics["grad_norm"])  # the norm before the step's last clip
+  assert results["each"] == pytest.approx(_norm(clipped) / 2, rel=1e-5)
+  assert results["accumulated"] == pytest.approx(_norm(_tree_sum(g0, g1)) / 2, rel=1e-5)
+
+
+def test_logged_learning_rate_is_the_one_applied_after_a_skipped_step():
+  """A skipped step leaves the optimizer's count, so the next update and its log use it."""
+  t = _trainer(clip_norm=None)
+  state = t.init_state(jax.random.PRNGKey(0))
+  bad = dict(_batches(1)[0])
+  bad["loss_weights"] = bad["loss_weights"] * np.float32("nan")
+  state, metrics = t.train_step(state, t.partitioner.shard_batch(bad, 8))
+  assert int(metrics["optimizer_updates"]) == 0 and int(metrics["skipped_updates"]) == 1
+  before = jax.tree_util.tree_map(np.asarray, state.params)
+  state, metrics = t.train_step(state, t.partitioner.shard_batch(_batches(2)[1], 8))
+  assert int(state.step) == 2 and int(metrics["optimizer_updates"]) == 0
+  assert int(metrics["skipped_updates"]) == 1
+  logged = t.learning_rate(int(metrics["optimizer_updates"]))
+  assert logged == pytest.approx(3e-3 / 2) and logged != t.learning_rate(1)
+  # Adam's first (bias-corrected) update of a bias is -lr * g / (|g| + eps): |step| = lr.
+  step = np.abs(np.asarray(state.params["final_layernorm"]["bias"])
+                - before["final_layernorm"]["bias"])
+  assert float(np.max(step)) == pytest.approx(logged, rel=1e-3)
+
+
 def test_bad_options_are_clear_errors():
   with pytest.raises(ValueError, match="nan_action must be one of"):
     trainer_lib.Trainer(models.BlankInfillingModel(CFG),
                         partitioning.Partitioner(partitioning.MeshConfig()),
                         *optim.create_optimizer(), nan_action="ignore")
+  with pytest.raises(ValueError, match="loss_normalization must be one of"):
+    _trainer(loss_normalization="mean")
+  with pytest.raises(ValueError, match="microbatch_clip must be one of"):
+    _trainer(microbatch_clip="every")
+  with pytest.raises(ValueError, match="needs LOSS_NORMALIZATION='microbatch_mean'"):
+    _trainer(microbatches=2, microbatch_clip="each")
 
 
 _MESHES = r"""

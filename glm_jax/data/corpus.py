@@ -1,7 +1,7 @@
 """Text corpora as documents: the built-in Gutenberg slice and local text / JSONL files.
 
-A document is one string (one paragraph of a book in the built-in corpus). Reading is
-forgiving: invalid UTF-8 is replaced, empty lines are skipped, and both are counted in a
+A document is one string (one paragraph of a book in the built-in corpus). Files are read
+through `etils.epath` (local or gs://), whole or by byte range. Reading is forgiving: invalid UTF-8 is replaced, empty lines are skipped, and both are counted in a
 `ReadCounters` so a bad file never stops a run.
 """
 
@@ -13,6 +13,8 @@ import json
 import os
 import re
 from typing import Iterable, Iterator, List, Optional, Sequence
+
+from etils import epath
 
 BUILTIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin")
 BUILTIN_SPLITS = ("train", "validation")
@@ -94,18 +96,67 @@ def builtin_manifest() -> dict:
     return json.load(f)
 
 
-def _open_binary(path: str):
-  if path.endswith(".gz"):
-    return gzip.open(path, "rb")
-  return open(path, "rb")
-
-
 def _decode_line(raw: bytes, counters: ReadCounters) -> str:
   try:
     return raw.decode("utf-8")
   except UnicodeDecodeError:
     counters.invalid_utf8 += 1
     return raw.decode("utf-8", errors="replace")
+
+
+def is_jsonl(path: str, text_key: Optional[str] = None) -> bool:
+  """A file is read as JSONL when `text_key` is given or its name ends in .jsonl(.gz)."""
+  return text_key is not None or os.fspath(path).endswith((".jsonl", ".jsonl.gz"))
+
+
+def read_lines(path, start: int = 0, end: Optional[int] = None) -> Iterator[bytes]:
+  """Raw lines of a file (local or gs://; .gz decompressed) whose first byte is in [start, end).
+
+  Byte ranges split one large uncompressed file into independent work units: a range that
+  starts inside a line skips to the next one, and the last line is read past `end`.
+  """
+  path = epath.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"Corpus file {path} does not exist; check the input paths.")
+  with path.open("rb") as raw:
+    if os.fspath(path).endswith(".gz"):
+      if start or end is not None:
+        raise ValueError(f"{path} is gzip-compressed; it cannot be read by byte range.")
+      with gzip.GzipFile(fileobj=raw) as f:
+        yield from f
+      return
+    position = start
+    if start > 0:
+      raw.seek(start - 1)
+      position = start - 1 + len(raw.readline())  # the rest of the line holding start - 1
+    while end is None or position < end:
+      line = raw.readline()
+      if not line:
+        return
+      position += len(line)
+      yield line
+
+
+def parse_document(raw: bytes, jsonl: bool, text_key: Optional[str],
+                   counters: ReadCounters) -> Optional[str]:
+  """One document from one raw line (None for an empty or bad line, counted in `counters`)."""
+  line = _decode_line(raw, counters).strip()
+  if jsonl and line:
+    try:
+      value = json.loads(line)
+      line = value[text_key or "text"] if isinstance(value, dict) else None
+    except (ValueError, KeyError):
+      line = None
+    if not isinstance(line, str):
+      counters.bad_json += 1
+      return None
+    line = line.strip()
+  if not line:
+    counters.empty_lines += 1
+    return None
+  counters.documents += 1
+  counters.characters += len(line)
+  return line
 
 
 def read_documents(paths: Sequence[str], *, text_key: Optional[str] = None,
@@ -118,37 +169,20 @@ def read_documents(paths: Sequence[str], *, text_key: Optional[str] = None,
   """
   counters = counters if counters is not None else ReadCounters()
   for path in paths:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"Corpus file {path} does not exist; check the files= argument.")
-    is_jsonl = text_key is not None or path.endswith((".jsonl", ".jsonl.gz"))
-    key = text_key or "text"
-    with _open_binary(path) as f:
-      for raw in f:
-        line = _decode_line(raw, counters).strip()
-        if is_jsonl and line:
-          try:
-            value = json.loads(line)
-            line = value[key] if isinstance(value, dict) else None
-          except (ValueError, KeyError):
-            line = None
-          if not isinstance(line, str):
-            counters.bad_json += 1
-            continue
-          line = line.strip()
-        if not line:
-          counters.empty_lines += 1
-          continue
-        counters.documents += 1
-        counters.characters += len(line)
-        yield line
+    jsonl = is_jsonl(path, text_key)
+    for raw in read_lines(path):
+      document = parse_document(raw, jsonl, text_key, counters)
+      if document is not None:
+        yield document
 
 
 def write_documents(path: str, documents: Iterable[str]) -> int:
   """Writes documents one per line to a reproducible gzip file; returns the byte size."""
-  with open(path, "wb") as raw:
+  path = epath.Path(path)
+  with path.open("wb") as raw:
     with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as f:
       for document in documents:
         if "\n" in document:
           raise ValueError("A document must not contain a newline; join its lines first.")
         f.write(document.encode("utf-8") + b"\n")
-  return os.path.getsize(path)
+  return path.stat().length

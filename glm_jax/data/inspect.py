@@ -1,33 +1,36 @@
-"""Looks at what a GLM task feeds the model.
+"""Looks at what a GLM task feeds the model: exactly the trainer's examples.
 
   python -m glm_jax.data.inspect --task=glm_builtin [--split=train] [--num_examples=3]
+      [--seed=SEED] [--start=K] [--vocabulary=SPEC] [--sequence_length=T]
   python -m glm_jax.data.inspect --task=glm_builtin_2b --stats=500 [--objective=token]
 
-Examples are printed decoded, Part A and Part B apart (each Part B span with the position
+Examples k = start.. are the trainer's stream positions (row r of global batch i is
+i * B + r) built by the same source and seeds, before padding. Examples are printed decoded, Part A and Part B apart (each Part B span with the position
 of its mask). `--stats=N` prints one JSON object: per objective over N samples,
 masked_fraction_mean/std (span tokens / raw sample length), span_length_hist (lengths
 1..40, normalised), spans_per_sample_mean, length_mean (tokens after construction); with
 `--objective` the object is that objective's statistics alone. The read and sample
-counters (empty lines, invalid UTF-8, windowed documents, ...) are reported as well.
+counters (what preparation skipped: empty lines, invalid UTF-8, bad JSON; what drawing the
+samples did: windows, sentence-aligned starts and cuts, re-cuts) are reported as well.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import sys
 
 if __name__ == "__main__":  # the quiet start must come before TensorFlow loads
   from glm_jax import console  # pylint: disable=g-import-not-at-top
   console.quiet_startup()
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from glm_jax import gin_utils
 from glm_jax.data import objectives
-from glm_jax.data import pipeline
+from glm_jax.data import samples
+from glm_jax.data import source as source_lib
 from glm_jax.data import tasks as tasks_lib
 
 _TASK = flags.DEFINE_string("task", None, "Task name (e.g. glm_builtin, text:PATH).")
@@ -37,7 +40,13 @@ _STATS = flags.DEFINE_integer("stats", 0, "If > 0: print statistics over this ma
 _OBJECTIVE = flags.DEFINE_enum("objective", None, list(objectives.OBJECTIVES),
                                "Restrict to one objective.")
 _SEQUENCE_LENGTH = flags.DEFINE_integer("sequence_length", 512, "Model sequence length T.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the examples.")
+_SEED = flags.DEFINE_integer("seed", 0, "The run's data seed (DATA_SEED, default SEED).")
+_START = flags.DEFINE_integer("start", 0, "First stream position: batch i, row r of batch "
+                              "size B is i * B + r.")
+_VOCABULARY = flags.DEFINE_string("vocabulary", None, "The run's VOCABULARY (default: the "
+                                  "task's).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder of the named prepared corpora "
+                                "(PREPARED_DATA_DIR; default $GLM_JAX_DATA_DIR).")
 
 MAX_HIST_LENGTH = 40
 
@@ -104,27 +113,44 @@ def format_example(vocabulary, example: Dict[str, np.ndarray], index: int) -> st
   return "\n".join(lines)
 
 
-def _examples(task: tasks_lib.GLMTask, split: str, sequence_length: int, seed: int,
-              count: int, objective: Optional[str]) -> Iterator[Dict[str, np.ndarray]]:
-  """Examples k = 0.. of the task (one objective if given), as numpy dicts."""
-  mix = task.mix
+def examples(task_name: str, split: str, sequence_length: int, seed: int = 0, start: int = 0,
+             count: int = 3, objective: Optional[str] = None, vocabulary: Optional[str] = None,
+             data_dir: Optional[str] = None) -> List[Dict[str, np.ndarray]]:
+  """Examples at stream positions start.. of the trainer's stream (one objective if given).
+
+  Row r of global batch i of a run with batch size B is stream position i * B + r. Each
+  example also carries its raw sample ('sample') and its raw length after the re-cut.
+  """
+  src = tasks_lib.get_source(task_name, vocabulary, data_dir)
+  probs = None
   if objective is not None:
     probs = tuple(float(o == objective) for o in objectives.OBJECTIVES)
-    mix = dataclasses.replace(mix, objective_probs=probs)
-  table, _ = pipeline.sample_table(task.name, split, sequence_length)
-  task = dataclasses.replace(task, mix=mix)
-  make = tf.function(pipeline.example_fn(task, sequence_length), input_signature=[
-      tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int64)])
-  base = tf.constant([seed, 17], tf.int64)
-  for k in range(count):
-    sample = table[k % table.num_samples]
-    seed_k = tf.random.experimental.stateless_fold_in(base, k)
-    ex = {key: value.numpy() for key, value in
-          make(tf.constant(sample), tf.cast(seed_k, tf.int64)).items()}
-    # Raw length after the short_seq re-cut: Part A minus masks plus the span tokens.
+  positions = tf.data.Dataset.range(start, start + count).map(
+      lambda k: source_lib.index_features(split, seed, k))
+  out = []
+  for k, ex in zip(range(start, start + count),
+                   src.examples(positions, sequence_length, probs).as_numpy_iterator()):
+    ex = dict(ex)
+    # Raw length after the re-cut: Part A minus masks plus the span tokens.
     ex["raw_length"] = int(ex["sep"]) - int(ex["num_spans"]) + int(ex["num_masked"])
-    ex["sample"] = sample
-    yield ex
+    ex["sample"] = src.raw_sample(split, seed, k, sequence_length)
+    out.append(ex)
+  return out
+
+
+def counters(task_name: str, split: str, sequence_length: int, seed: int = 0,
+             num_samples: int = 200, vocabulary: Optional[str] = None,
+             data_dir: Optional[str] = None) -> dict:
+  """What preparing the corpora skipped (manifests) and what drawing samples 0.. did."""
+  src = tasks_lib.get_source(task_name, vocabulary, data_dir)
+  drawn = samples.SampleCounters()
+  for k in range(num_samples):
+    src.raw_sample(split, seed, k, sequence_length, drawn)
+  read = {}
+  for component in src.components:
+    for key, value in component.manifest["counters"].items():
+      read[key] = read.get(key, 0) + value
+  return {"read": read, "samples": drawn.as_dict()}
 
 
 def objective_stats(examples: Sequence[Dict[str, np.ndarray]], sop: int) -> dict:
@@ -152,54 +178,52 @@ def objective_stats(examples: Sequence[Dict[str, np.ndarray]], sop: int) -> dict
 
 
 def stats(task_name: str, split: str, num_samples: int, sequence_length: int, seed: int = 0,
-          objective: Optional[str] = None) -> dict:
+          objective: Optional[str] = None, vocabulary: Optional[str] = None,
+          data_dir: Optional[str] = None) -> dict:
   """`--stats`: per-objective statistics (flat when `objective` is given) plus counters."""
-  task = tasks_lib.glm_task(task_name)
-  if not task.corpus.in_memory:
-    raise ValueError(f"--stats needs a task over an in-memory corpus; {task_name!r} streams "
-                     f"from {task.corpus.kind}.")
-  sop = task.vocabulary.special.sop
+  src = tasks_lib.get_source(task_name, vocabulary, data_dir)
+  sop = src.special.sop
   names = [objective] if objective else [
-      o for o, p in zip(objectives.OBJECTIVES, task.mix.objective_probs) if p > 0]
-  result = {name: objective_stats(list(_examples(task, split, sequence_length, seed,
-                                                 num_samples, name)), sop)
+      o for o, p in zip(objectives.OBJECTIVES, src.mix.objective_probs) if p > 0]
+  result = {name: objective_stats(examples(task_name, split, sequence_length, seed, 0,
+                                           num_samples, name, vocabulary, data_dir), sop)
             for name in names}
-  _, counters = pipeline.sample_table(task_name, split, sequence_length)
+  found = counters(task_name, split, sequence_length, seed, num_samples, vocabulary, data_dir)
   if objective:
-    return dict(result[objective], objective=objective, counters=counters)
-  return dict(result, counters=counters)
+    return dict(result[objective], objective=objective, counters=found)
+  return dict(result, counters=found)
 
 
 def show_examples(task_name: str, split: str, num_examples: int, sequence_length: int,
-                  seed: int = 0, objective: Optional[str] = None) -> str:
-  task = tasks_lib.glm_task(task_name)
-  vocabulary = task.vocabulary
-  if not task.corpus.in_memory:
-    raise ValueError(f"{task_name!r} streams from {task.corpus.kind}; inspect shows tasks over "
-                     "the built-in corpus or local files.")
-  blocks = [format_example(vocabulary, ex, k) for k, ex in enumerate(
-      _examples(task, split, sequence_length, seed, num_examples, objective))]
-  _, counters = pipeline.sample_table(task_name, split, sequence_length)
-  blocks.append(f"counters: {json.dumps(counters, sort_keys=True)}")
+                  seed: int = 0, objective: Optional[str] = None, start: int = 0,
+                  vocabulary: Optional[str] = None, data_dir: Optional[str] = None) -> str:
+  src = tasks_lib.get_source(task_name, vocabulary, data_dir)
+  blocks = [format_example(src.vocabulary, ex, start + k) for k, ex in enumerate(
+      examples(task_name, split, sequence_length, seed, start, num_examples, objective,
+               vocabulary, data_dir))]
+  found = counters(task_name, split, sequence_length, seed, max(num_examples, 50), vocabulary,
+                   data_dir)
+  blocks.append(f"counters: {json.dumps(found, sort_keys=True)}")
   return "\n".join(blocks)
 
 
 def main(argv):
-  del argv
+  gin_utils.begin_cli(argv, "--task, --split, --num_examples")
   if not _TASK.value:
-    print("inspect: pass --task=NAME (e.g. --task=glm_builtin).", file=sys.stderr)
-    sys.exit(2)
-  try:
-    if _STATS.value > 0:
-      print(json.dumps(stats(_TASK.value, _SPLIT.value, _STATS.value, _SEQUENCE_LENGTH.value,
-                             _SEED.value, _OBJECTIVE.value), sort_keys=True))
-    else:
-      print(show_examples(_TASK.value, _SPLIT.value, _NUM_EXAMPLES.value,
-                          _SEQUENCE_LENGTH.value, _SEED.value, _OBJECTIVE.value))
-  except (ValueError, FileNotFoundError) as e:
-    print(f"inspect: {e}", file=sys.stderr)
-    sys.exit(1)
+    raise ValueError("Pass --task=NAME (e.g. --task=glm_builtin).")
+  if (_SEQUENCE_LENGTH.value < 8 or _NUM_EXAMPLES.value < 0 or _STATS.value < 0
+      or _START.value < 0):
+    raise ValueError("--sequence_length must be at least 8 and --num_examples / --stats / "
+                     "--start not negative.")
+  options = dict(vocabulary=_VOCABULARY.value, data_dir=_DATA_DIR.value)
+  if _STATS.value > 0:
+    print(json.dumps(stats(_TASK.value, _SPLIT.value, _STATS.value, _SEQUENCE_LENGTH.value,
+                           _SEED.value, _OBJECTIVE.value, **options), sort_keys=True))
+  else:
+    print(show_examples(_TASK.value, _SPLIT.value, _NUM_EXAMPLES.value,
+                        _SEQUENCE_LENGTH.value, _SEED.value, _OBJECTIVE.value, _START.value,
+                        **options))
 
 
 if __name__ == "__main__":
-  console.run(main)
+  gin_utils.run(main)

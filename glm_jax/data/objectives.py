@@ -15,6 +15,9 @@ stateless seed (int [2]) and a `SpecialTokens`, and returns the layout of sectio
   unplaced      [] int32     token level: spans still unplaced after the last redraw (dropped)
   spans_capped  [] int32     1 if `max_spans` stopped the span draw early
 
+Part A's mask token is `special.mask_for(objective)`: [MASK] / [sMASK] / [gMASK] for a
+vocabulary with task masks, [MASK] for every objective without (GLM-Base/Large/Doc).
+
 All functions are graph-mode pure functions (usable inside `tf.data.Dataset.map`): the
 same (sample, seed) always gives the same example.
 
@@ -300,7 +303,7 @@ def token_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
   tries, starts, ends, unplaced, capped = tf.while_loop(
       lambda i, s, e, n, c: tf.logical_and(i <= max_redraws, n > 0), redraw,
       (1, starts, ends, unplaced, capped), shape_invariants=shapes)
-  out = _span_layout(tokens, starts, ends, special.mask, special,
+  out = _span_layout(tokens, starts, ends, special.mask_for("token"), special,
                      u[3 * k:4 * k] if shuffle_spans else None, u[4 * k:], block_mask_prob)
   out.update(_counters(tf.shape(starts)[0], tf.reduce_sum(ends - starts),
                        redraws=tries - 1, unplaced=unplaced, capped=capped))
@@ -338,7 +341,7 @@ def _sentences(tokens, special):
 def sentence_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
                        mask_ratio: float = 0.15, max_spans=None, shuffle_spans: bool = True,
                        block_mask_prob: float = 0.0) -> dict:
-  """[sMASK] whole sentences in random order until they cover >= mask_ratio of the sample.
+  """[sMASK] (`mask_for('sentence')`) whole sentences in random order until >= mask_ratio.
 
   Adjacent sentences may both be chosen (two blanks with no token between), as in the
   reference.
@@ -357,7 +360,7 @@ def sentence_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
   take = tf.minimum(needed, max_spans)
   chosen = tf.sort(perm[:take])
   starts, ends = tf.gather(starts, chosen), tf.gather(ends, chosen)
-  out = _span_layout(tokens, starts, ends, special.smask, special,
+  out = _span_layout(tokens, starts, ends, special.mask_for("sentence"), special,
                      u[length:2 * length] if shuffle_spans else None, u[2 * length:],
                      block_mask_prob)
   out.update(_counters(take, tf.reduce_sum(ends - starts), capped=needed > take))
@@ -372,7 +375,7 @@ def _suffix_layout(tokens, gen_len, special):
   length = tf.shape(tokens)[0]
   div = length - gen_len
   src, tgt = tokens[:div], tokens[div:]
-  mask_sop = tf.constant([special.gmask, special.sop], tf.int32)
+  mask_sop = tf.constant([special.mask_for("document"), special.sop], tf.int32)
   return {
       "tokens": tf.concat([src, mask_sop, tgt[:-1]], 0),
       "positions": tf.stack([
@@ -388,7 +391,7 @@ def _suffix_layout(tokens, gen_len, special):
 
 def document_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
                        min_ratio: float = 0.5, gpt_infill_prob: float = 0.5) -> dict:
-  """[gMASK] one span of length uniform in [int(min_ratio*L), L-2].
+  """[gMASK] (`mask_for('document')`): one span of length uniform in [int(min_ratio*L), L-2].
 
   With probability `gpt_infill_prob`, and always for multi-document samples, the span is
   the suffix: prefix-LM layout `src [gMASK] sop tgt[:-1]`, targets `src [gMASK] tgt` (no
@@ -408,8 +411,8 @@ def document_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
     span = tf.minimum(gen_len, doc_len[0])
     start = doc_offset[0] + _randint(u[2], doc_len[0] - span)
     num = tf.cast(span > 0, tf.int32)
-    out = _span_layout(tokens, start[None][:num], (start + span)[None][:num], special.gmask,
-                       special)
+    out = _span_layout(tokens, start[None][:num], (start + span)[None][:num],
+                       special.mask_for("document"), special)
     out.update(_counters(num, span))
     return out
 

@@ -15,8 +15,8 @@ class SpecialTokens:
   cls: int
   unk: int
   mask: int
-  smask: int
-  gmask: int
+  smask: Optional[int]  # None where the vocabulary's configuration has no task masks
+  gmask: Optional[int]
   sop: int
   eop: int
   sep: Optional[int] = None
@@ -26,6 +26,11 @@ class SpecialTokens:
   # Whether the model family was trained with task masks ([sMASK] / [gMASK]); without them
   # the reference uses [MASK] for every objective, in evaluation and in generation.
   task_mask: bool = True
+
+  def __post_init__(self):
+    if self.task_mask and (self.smask is None or self.gmask is None):
+      raise ValueError("task_mask=True needs [sMASK] and [gMASK] ids; give them, or set "
+                       "task_mask=False (every objective then uses [MASK]).")
 
   def mask_for(self, objective: str) -> int:
     """The Part A mask token of an objective ('token', 'sentence', 'document').
@@ -44,13 +49,14 @@ class SpecialTokens:
     return dataclasses.asdict(self)
 
 
-# BERT uncased WordPiece (GLM-Base / GLM-Large), reference ids. The reference has no
-# [dBLOCK] for this vocabulary; we place it in the padding, after [sMASK].
+# BERT uncased WordPiece with the task-mask tokens (`wordpiece:PATH@task_mask`), reference ids,
+# and [dBLOCK] after them (where the reference's --block-mask-prob would put it). The released
+# GLM-Base/Large (`wordpiece:PATH`) have no task masks: see glm_jax/data/vocab/wordpiece.py.
 BERT_WORDPIECE = SpecialTokens(
     pad=0, eos=0, cls=101, unk=100, mask=103, smask=30525, gmask=30524,
     sop=30522, eop=30523, sep=102, dblock=30526)
 
-# GPT-2 BPE (GLM-2B / GLM-10B), reference ids.
+# GPT-2 BPE (GLM-2B / GLM-10B) in the pretraining configuration (`gpt2:DIR@pretrain`), reference ids.
 GPT2_BPE = SpecialTokens(
     pad=50256, eos=50256, cls=50259, unk=50262, mask=50260, smask=50264, gmask=50263,
     sop=50257, eop=50258, sep=50261, dblock=50265)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 
 if __name__ == "__main__":  # the quiet start must come before TensorFlow loads
   from glm_jax import console  # pylint: disable=g-import-not-at-top
@@ -23,6 +22,7 @@ from absl import flags
 from absl import logging
 import sentencepiece as spm
 
+from glm_jax import gin_utils
 from glm_jax.data import corpus
 from glm_jax.data import vocab as vocab_lib
 
@@ -79,18 +79,14 @@ def run(inputs: Sequence[str], vocab_size: int, output: str, model_type: str = "
 
 
 def main(argv):
-  del argv
+  gin_utils.begin_cli(argv, "--input, --output, --vocab_size")
   if not _INPUT.value or not _OUTPUT.value:
-    print("train_vocab: pass --input=FILES and --output=PREFIX.", file=sys.stderr)
-    sys.exit(2)
-  try:
-    path = run(_INPUT.value, _VOCAB_SIZE.value, _OUTPUT.value, _MODEL_TYPE.value,
-               _TEXT_KEY.value, _NUM_THREADS.value)
-  except (ValueError, FileNotFoundError, RuntimeError) as e:
-    print(f"train_vocab: {e}", file=sys.stderr)
-    sys.exit(1)
-  print(path)
+    raise ValueError("Pass --input=FILES and --output=PREFIX.")
+  if _VOCAB_SIZE.value < 1 or _NUM_THREADS.value < 1:
+    raise ValueError("--vocab_size and --num_threads must be positive integers.")
+  print(run(_INPUT.value, _VOCAB_SIZE.value, _OUTPUT.value, _MODEL_TYPE.value, _TEXT_KEY.value,
+            _NUM_THREADS.value))
 
 
 if __name__ == "__main__":
-  console.run(main)
+  gin_utils.run(main)

@@ -8,7 +8,8 @@ and XSUM_PATH, see configs/runs/eval_lm.gin) adds:
   glm_xsum                                 splits 'train', 'validation', 'test'
 
 Each example already is a model row (tokens, positions, sep, targets, loss_weights), built by
-the same functions the evaluators in glm_jax.lm_eval.evaluate use.
+the same functions the evaluators in glm_jax.lm_eval.evaluate use, with the vocabulary's
+task-mask flag (or TASK_MASK).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from glm_jax import task_mask
 from glm_jax.lm_eval import blank_rows, lambada, wikitext, xsum
-
 
 
 def _signature(length: int) -> Dict[str, tf.TensorSpec]:
@@ -39,7 +40,7 @@ def _source(build: Callable[[str], List[dict]], splits, length: int) -> seqio.Da
 
   def dataset_fn(split, shuffle_files, seed=None):
     del shuffle_files, seed
-    rows = cached(split)
+    rows = [{k: r[k] for k in blank_rows.FEATURES} for r in cached(split)]
     return tf.data.Dataset.from_generator(lambda: iter(rows),
                                           output_signature=_signature(length))
 
@@ -61,15 +62,19 @@ def _add(name: str, source, vocabulary) -> None:
 @gin.configurable
 def register_tasks(vocab_spec: str = "builtin", *, lambada_path: str = gin.REQUIRED,
                    wikitext_dir: str = gin.REQUIRED, xsum_path: str = gin.REQUIRED,
-                   lambada_length: int = 256, wikitext_window: int = 512,
-                   wikitext_stride: int = 256, xsum_length: int = 512) -> List[str]:
+                   lambada_length: int = lambada.SEQUENCE_LENGTH,
+                   wikitext_length: int = 512, wikitext_overlap: int = wikitext.OVERLAP,
+                   wikitext_convention: str = "glm_jax",
+                   xsum_source_length: int = xsum.SOURCE_LENGTH,
+                   xsum_target_length: int = xsum.TARGET_LENGTH) -> List[str]:
   """Registers (or re-registers) the tasks for one vocabulary; returns their names."""
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   vocabulary = vocab_lib.get_vocabulary(vocab_spec)
+  special = task_mask.special_tokens(vocabulary)
   names = []
   for suffix, bidirectional in (("", True), ("_uni", False)):
     build = functools.partial(
-        lambda split, bi: lambada.build_rows(lambada.read(lambada_path), vocabulary,
+        lambda split, bi: lambada.build_rows(lambada.read(lambada_path), vocabulary, special,
                                              sequence_length=lambada_length,
                                              bidirectional=bi), bi=bidirectional)
     _add(f"glm_lambada{suffix}", _source(build, ["test"], lambada_length), vocabulary)
@@ -77,19 +82,22 @@ def register_tasks(vocab_spec: str = "builtin", *, lambada_path: str = gin.REQUI
 
     def build_wiki(split, bi=bidirectional):
       raw = wikitext.read(wikitext.split_path(wikitext_dir, split))
-      return wikitext.build_rows(wikitext.tokenize(raw, vocabulary), vocabulary.special,
-                                 window=wikitext_window, stride=wikitext_stride,
-                                 bidirectional=bi)
+      return wikitext.build_rows(wikitext.tokenize(raw, vocabulary, wikitext_convention),
+                                 special, sequence_length=wikitext_length,
+                                 overlap=wikitext_overlap, bidirectional=bi,
+                                 convention=wikitext_convention)
 
-    _add(f"glm_wikitext2{suffix}", _source(build_wiki, wikitext.SPLIT_FILES,
-                                           wikitext.row_length(wikitext_window)), vocabulary)
+    _add(f"glm_wikitext2{suffix}", _source(build_wiki, wikitext.SPLIT_FILES, wikitext.row_length(
+        wikitext_length, wikitext_convention)), vocabulary)
     names.append(f"glm_wikitext2{suffix}")
 
   def build_xsum(split):
-    return [xsum.train_row(d, s, vocabulary, sequence_length=xsum_length)
-            for d, s in xsum.read(xsum_path, split)]
+    return [xsum.train_row(s, t, vocabulary, special, source_length=xsum_source_length,
+                           target_length=xsum_target_length)
+            for s, t in xsum.read(xsum_path, split)]
 
-  _add("glm_xsum", _source(build_xsum, xsum.SPLITS, xsum_length), vocabulary)
+  _add("glm_xsum", _source(build_xsum, xsum.SPLITS, xsum_source_length + xsum_target_length),
+       vocabulary)
   names.append("glm_xsum")
   return names
 

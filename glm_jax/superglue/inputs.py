@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import random
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import gin
@@ -19,7 +20,7 @@ import numpy as np
 from glm_jax.superglue import patterns
 from glm_jax.superglue import sources
 
-LAYOUTS = ("auto", "separate", "shared")
+LAYOUTS = ("auto", "separate", "shared", "generative")
 
 
 def parse_task_name(name: str) -> Tuple[str, str]:
@@ -54,49 +55,134 @@ def resolve_vocabulary(vocabulary: Any):
 
 
 @dataclasses.dataclass(frozen=True)
+class ClozeSettings:
+  """How a task's examples are built: the reference's per-task options (configs/superglue).
+
+  pattern_id: None = the task's default (patterns.DEFAULT_PATTERNS). loss: 'cross_entropy',
+  'mix' (the reference's WSC: -score[gold] + cross-entropy) or 'generative' (WSC only, the
+  reference's task_wsc_generative.sh: the gold span's language-model loss, correct iff every
+  token is the argmax). length_penalty: multi-token scores divided by the answer length **
+  length_penalty (WSC 1.0). wsc_candidates and record_answer_order: see patterns.render and
+  training_examples.
+  """
+
+  pattern_id: Optional[int] = None
+  loss: str = "cross_entropy"
+  length_penalty: float = 0.0
+  wsc_candidates: str = "heuristic"
+  record_answer_order: str = "file"
+
+  def __post_init__(self):
+    if self.loss not in LOSSES:
+      raise ValueError(f"SuperGLUE loss must be one of {LOSSES}, got {self.loss!r}.")
+    if self.record_answer_order not in RECORD_ANSWER_ORDERS:
+      raise ValueError(f"record_answer_order must be one of {RECORD_ANSWER_ORDERS}, got "
+                       f"{self.record_answer_order!r}.")
+    if self.length_penalty < 0:
+      raise ValueError(f"length_penalty must be >= 0, got {self.length_penalty}.")
+
+  def check_task(self, task: str) -> "ClozeSettings":
+    if self.loss == "generative" and task != "wsc":
+      raise ValueError(f"loss 'generative' is the WSC variant; {task} uses 'cross_entropy'.")
+    return self
+
+
+LOSSES = ("cross_entropy", "mix", "generative")
+RECORD_ANSWER_ORDERS = ("file", "set")
+RECORD_SEED = 42  # the reference's ReCoRD entity shuffler
+WSC_CHUNK = 9  # the reference's training examples hold at most 9 WSC rivals
+
+
+@dataclasses.dataclass(frozen=True)
 class EncodedSplit:
   examples: Tuple[patterns.ClozeExample, ...]
   encoded: Tuple[patterns.EncodedCloze, ...]
   num_truncated: int
 
 
+def render_records(task: str, records: Sequence[dict], settings: ClozeSettings = ClozeSettings()
+                   ) -> List[patterns.ClozeExample]:
+  return [patterns.render(task, r, pattern_id=settings.pattern_id,
+                          wsc_candidates=settings.wsc_candidates) for r in records]
+
+
 def encode_examples(examples: Sequence[patterns.ClozeExample], vocab, sequence_length: int, *,
-                    shared_candidates: bool = False, max_answer_length: int = 16
+                    shared_candidates: bool = False, max_answer_length: int = 0
                     ) -> EncodedSplit:
   encoded = tuple(patterns.encode(e, vocab, sequence_length, shared_candidates=shared_candidates,
                                   max_answer_length=max_answer_length) for e in examples)
   return EncodedSplit(tuple(examples), encoded, sum(e.truncated for e in encoded))
 
 
-def training_examples(examples: Sequence[patterns.ClozeExample], seed: int = 0,
-                      max_candidates: int = 10) -> List[patterns.ClozeExample]:
-  """The train-time form: WSC keeps its true examples, COPA adds choice-swapped mirrors,
-  ReCoRD keeps the gold entity and up to max_candidates - 1 others."""
+def _mirrored_copa(record: dict) -> dict:
+  """The reference's extra COPA training example: the choices swapped, the label flipped."""
+  return {**record, "choice1": record["choice2"], "choice2": record["choice1"],
+          "label": 1 if record.get("label") == 0 else 0}
+
+
+def _record_training(examples: Sequence[patterns.ClozeExample], order: str,
+                     max_candidates: int) -> List[patterns.ClozeExample]:
+  """One example per distinct gold answer: that answer, then the non-gold entities.
+
+  Where more than max_candidates - 1 of those, one random.Random(42) over the whole split (in
+  file order) shuffles them and the first max_candidates - 1 stay, as in the reference. Its
+  answers come in Python set order (PYTHONHASHSEED-dependent: order 'set'); ours in file
+  order ('file'), so the pairing of answers and shuffles is reproducible.
+  """
+  shuffler = random.Random(RECORD_SEED)
   out = []
-  rng = np.random.RandomState(seed)
   for e in examples:
-    if e.label < 0:
-      if e.task == "wsc":
-        continue
-      raise ValueError(f"{e.task} training example {e.idx} has no label; train on the train "
-                       "split only.")
-    if e.task == "record" and len(e.candidates) > max_candidates:
-      others = [i for i in range(len(e.candidates)) if i != e.label]
-      keep = sorted(rng.choice(others, max_candidates - 1, replace=False).tolist() + [e.label])
-      e = dataclasses.replace(
-          e, candidates=tuple(e.candidates[i] for i in keep),
-          candidate_values=tuple(e.candidate_values[i] for i in keep), label=keep.index(e.label))
-    out.append(e)
-    if e.task == "copa":
-      out.append(dataclasses.replace(e, candidates=e.candidates[::-1], label=1 - e.label,
-                                     parts=_swap_copa_choices(e.parts)))
+    answers = list(e.answers) if order == "file" else list(set(e.answers))
+    for answer in answers:
+      others = [x for x in e.candidate_values if x not in e.answers]
+      if len(others) > max_candidates - 1:
+        shuffler.shuffle(others)
+        others = others[:max_candidates - 1]
+      values = (answer,) + tuple(others)
+      out.append(dataclasses.replace(e, candidates=tuple(" " + v for v in values),
+                                     candidate_values=values, label=0, label_value=[answer],
+                                     answers=(answer,)))
   return out
 
 
-def _swap_copa_choices(parts):
-  parts = list(parts)
-  parts[1], parts[3] = parts[3], parts[1]
-  return tuple(parts)
+def _wsc_training(examples: Sequence[patterns.ClozeExample]) -> List[patterns.ClozeExample]:
+  """The true examples (gold = the queried span, label 0); more than 9 rivals are split into
+  examples of 9, the last one topped up from the first rivals (the reference's)."""
+  out = []
+  for e in examples:
+    if e.label_value is not True:
+      continue
+    gold, rivals = e.candidates[0], list(e.candidates[1:])
+    chunks = [rivals[i:i + WSC_CHUNK] for i in range(0, len(rivals), WSC_CHUNK)] if len(
+        rivals) > WSC_CHUNK else [rivals]
+    for chunk in chunks:
+      chunk = chunk + rivals[:WSC_CHUNK - len(chunk)] if len(rivals) > WSC_CHUNK else chunk
+      out.append(dataclasses.replace(e, candidates=(gold,) + tuple(chunk),
+                                     candidate_values=(True,) + (False,) * len(chunk), label=0))
+  return out
+
+
+def training_examples(task: str, records: Sequence[dict],
+                      settings: ClozeSettings = ClozeSettings(),
+                      max_candidates: int = 10) -> List[patterns.ClozeExample]:
+  """The train-time form of a split, as the reference's processors build it.
+
+  COPA adds choice-swapped mirrors after the originals; WSC keeps its true examples; ReCoRD
+  makes one example per gold answer (see _record_training); every other example needs a label.
+  """
+  task = sources.check_task(task)
+  if task == "copa":
+    records = list(records) + [_mirrored_copa(r) for r in records]
+  examples = render_records(task, records, settings)
+  if task == "record":
+    return _record_training(examples, settings.record_answer_order, max_candidates)
+  if task == "wsc":
+    return _wsc_training(examples)
+  for e in examples:
+    if e.label < 0:
+      raise ValueError(f"{e.task} training example {e.idx} has no label; train on the train "
+                       "split only.")
+  return examples
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -110,7 +196,8 @@ def make_batch(encoded: Sequence[patterns.EncodedCloze], labels: Sequence[int], 
   """numpy batch of `encoded` examples, padded to batch_size rows (example_weight 0).
 
   layout 'auto' gives the verbalizer layout for single-token examples and one sequence per
-  candidate otherwise; 'shared' packs all candidates of an example behind one Part A.
+  candidate otherwise; 'shared' packs all candidates of an example behind one Part A;
+  'generative' is the gold candidate's row alone ([B, T]; labels: 1 = true, 0 = false).
   """
   if layout not in LAYOUTS:
     raise ValueError(f"Unknown layout {layout!r}; use one of {LAYOUTS}.")
@@ -120,78 +207,84 @@ def make_batch(encoded: Sequence[patterns.EncodedCloze], labels: Sequence[int], 
     raise ValueError(f"{n} examples do not fit a batch of {rows}.")
   if len({e.multi_token for e in encoded}) > 1:
     raise ValueError("A batch mixes single-token and multi-token examples.")
-  c = num_candidates or max(len(e.answers) for e in encoded)
+  generative = layout == "generative"
+  c = 1 if generative else (num_candidates or max(len(e.answers) for e in encoded))
   t = sequence_length
   batch = {"label": np.full((rows,), -1, np.int32),
            "example_weight": np.zeros((rows,), np.float32),
            "candidate_mask": np.zeros((rows, c), np.float32)}
   batch["label"][:n] = labels
   batch["example_weight"][:n] = 1.0
-  if first_is_gold is not None:
+  if first_is_gold is not None and not generative:
     batch["first_is_gold"] = np.zeros((rows,), np.int32)
     batch["first_is_gold"][:n] = np.asarray(first_is_gold, np.int32)
   multi = encoded[0].multi_token
+  if generative and not multi:
+    raise ValueError("The generative layout needs multi-token answers (WSC).")
   if not multi:
     batch.update(tokens=np.zeros((rows, t), np.int32), positions=np.zeros((rows, 2, t), np.int32),
                  sep=np.zeros((rows,), np.int32), candidate_ids=np.zeros((rows, c), np.int32))
-  elif layout == "shared":
+  elif layout in ("shared", "generative"):
     batch.update(tokens=np.zeros((rows, t), np.int32), positions=np.zeros((rows, 2, t), np.int32),
                  sep=np.zeros((rows,), np.int32), targets=np.zeros((rows, t), np.int32),
-                 loss_weights=np.zeros((rows, t), np.float32),
-                 candidate_index=np.full((rows, t), -1, np.int32))
+                 loss_weights=np.zeros((rows, t), np.float32))
+    if not generative:
+      batch["candidate_index"] = np.full((rows, t), -1, np.int32)
   else:
     batch.update(tokens=np.zeros((rows, c, t), np.int32),
                  positions=np.zeros((rows, c, 2, t), np.int32), sep=np.zeros((rows, c), np.int32),
                  targets=np.zeros((rows, c, t), np.int32),
                  loss_weights=np.zeros((rows, c, t), np.float32))
   for r, e in enumerate(encoded):
-    a = len(e.part_a)
-    if len(e.answers) > c:
+    if len(e.answers) > c and not generative:
       raise ValueError(f"An example has {len(e.answers)} candidates, more than {c}.")
-    batch["candidate_mask"][r, :len(e.answers)] = 1.0
+    batch["candidate_mask"][r, :min(c, len(e.answers))] = 1.0
     if not multi:
-      _fill_row(batch, (r,), e, t)
+      _fill_row(batch, (r,), e, 0, t)
       batch["candidate_ids"][r, :len(e.answers)] = [ans[0] for ans in e.answers]
       continue
     if layout == "shared":
-      _fill_row(batch, (r,), e, t)
-      start = a
+      _fill_row(batch, (r,), e, 0, t)
+      start = len(e.part_a)
       for ci, ans in enumerate(e.answers):
         end = start + len(ans)
         if end > t:
           raise ValueError(f"Shared candidates need {end} tokens > sequence_length {t}.")
-        _fill_answer(batch, (r,), e, ans, start)
+        _fill_answer(batch, (r,), e, 0, ans, start)
         batch["candidate_index"][r, start:end] = ci
         start = end
-    else:
-      for ci, ans in enumerate(e.answers):
-        _fill_row(batch, (r, ci), e, t)
-        if a + len(ans) > t:
-          raise ValueError(f"Part A + answer need {a + len(ans)} tokens > sequence_length {t}.")
-        _fill_answer(batch, (r, ci), e, ans, a)
+      continue
+    for ci, ans in enumerate(e.answers[:c]):
+      at = (r,) if generative else (r, ci)
+      _fill_row(batch, at, e, ci, t)
+      a = len(e.part_a_of(ci))
+      if a + len(ans) > t:
+        raise ValueError(f"Part A + answer need {a + len(ans)} tokens > sequence_length {t}.")
+      _fill_answer(batch, at, e, ci, ans, a)
   return batch
 
 
-def _fill_row(batch, at, e: patterns.EncodedCloze, t: int):
-  """Part A (and, for single-token scoring, the lone sop) of one row."""
-  a = len(e.part_a)
+def _fill_row(batch, at, e: patterns.EncodedCloze, candidate: int, t: int):
+  """Part A of a candidate's row (and, for single-token scoring, the lone sop)."""
+  part_a = e.part_a_of(candidate)
+  a = len(part_a)
   if a + 1 > t:
     raise ValueError(f"Part A has {a} tokens, too long for sequence_length {t}.")
-  batch["tokens"][at + (slice(0, a),)] = e.part_a
+  batch["tokens"][at + (slice(0, a),)] = part_a
   batch["positions"][at + (0, slice(0, a))] = np.arange(a)
   batch["sep"][at] = a
   if not e.multi_token:
     batch["tokens"][at + (a,)] = e.sop
-    batch["positions"][at + (0, a)] = e.mask_position
+    batch["positions"][at + (0, a)] = e.mask_position_of(candidate)
     batch["positions"][at + (1, a)] = 1
 
 
-def _fill_answer(batch, at, e: patterns.EncodedCloze, answer, start: int):
+def _fill_answer(batch, at, e: patterns.EncodedCloze, candidate: int, answer, start: int):
   """Part B inputs [sop] + answer[:-1] at `start`, targets = answer (eop last)."""
   n = len(answer)
   span = slice(start, start + n)
   batch["tokens"][at + (span,)] = (e.sop,) + tuple(answer[:-1])
-  batch["positions"][at + (0, span)] = e.mask_position
+  batch["positions"][at + (0, span)] = e.mask_position_of(candidate)
   batch["positions"][at + (1, span)] = np.arange(1, n + 1)
   batch["targets"][at + (span,)] = answer
   batch["loss_weights"][at + (span,)] = 1.0
@@ -204,27 +297,43 @@ def _num_candidates(task: str, examples: Sequence[patterns.EncodedCloze],
   return max(max_candidates, max(len(e.answers) for e in examples))
 
 
+def layout_for(settings: ClozeSettings, layout: str) -> str:
+  """The batch layout: 'generative' for the generative WSC loss, else the candidate layout."""
+  return "generative" if settings.loss == "generative" else layout
+
+
 @gin.configurable
 def prepare_split(name: str, split: str, *, sequence_length: int, vocabulary: Any = "builtin",
-                  train: bool = False, seed: int = 0, max_candidates: int = 10,
-                  layout: str = "auto") -> EncodedSplit:
+                  train: bool = False, max_candidates: int = 10, layout: str = "auto",
+                  settings: ClozeSettings = ClozeSettings()) -> EncodedSplit:
   """Rendered and tokenized examples of a task split, in train or eval form."""
   task, _ = parse_task_name(name)
-  examples = [patterns.render(task, r) for r in load_records(name, split)]
+  settings.check_task(task)
+  records = load_records(name, split)
   if train:
-    examples = training_examples(examples, seed=seed, max_candidates=max_candidates)
+    examples = training_examples(task, records, settings, max_candidates=max_candidates)
+  else:
+    examples = render_records(task, records, settings)
   if not examples:
     raise ValueError(f"{name} {split} has no usable examples.")
   return encode_examples(examples, resolve_vocabulary(vocabulary), sequence_length,
                          shared_candidates=layout == "shared")
 
 
-def _rows(split: EncodedSplit, order: Sequence[int], **kwargs) -> dict:
+def batch_labels(examples: Sequence[patterns.ClozeExample], layout: str) -> List[int]:
+  """The label of each example in a batch: the gold candidate, or for the generative layout
+  whether the statement is true (1) or false (0)."""
+  if layout == "generative":
+    return [int(bool(e.label_value)) for e in examples]
+  return [e.label for e in examples]
+
+
+def _rows(split: EncodedSplit, order: Sequence[int], layout: str = "auto", **kwargs) -> dict:
   examples = [split.examples[i] for i in order]
   first_is_gold = ([bool(e.label_value) for e in examples] if examples[0].task == "wsc"
                    else None)
-  return make_batch([split.encoded[i] for i in order], [e.label for e in examples],
-                    first_is_gold=first_is_gold, **kwargs)
+  return make_batch([split.encoded[i] for i in order], batch_labels(examples, layout),
+                    first_is_gold=first_is_gold, layout=layout, **kwargs)
 
 
 @gin.configurable
@@ -232,13 +341,16 @@ def get_batches(name: str, split: str, *, sequence_length: int, batch_size: int,
                 start_batch: int = 0, shard_index: int = 0, num_shards: int = 1,
                 vocabulary: Any = "builtin", train: Optional[bool] = None,
                 max_candidates: int = 10, layout: str = "auto", pack: bool = False,
-                num_batches: Optional[int] = None) -> Iterator[dict]:
+                num_batches: Optional[int] = None, pattern_id: Optional[int] = None,
+                loss: str = "cross_entropy", wsc_candidates: str = "heuristic",
+                record_answer_order: str = "file") -> Iterator[dict]:
   """Trainer input: endless shuffled train batches, or one ordered pass over an eval split.
 
   Training (the default for split 'train') reshuffles every epoch with seed + epoch; batch i
   is epoch i // E, slice i % E of that epoch's order (E = ceil(N / batch_size)); a short last
   slice is padded with example_weight 0. Each shard gets batch_size / num_shards rows. An
-  eval pass stops after `num_batches` batches when given.
+  eval pass stops after `num_batches` batches when given. pattern_id, loss, wsc_candidates
+  and record_answer_order: ClozeSettings (gin macros PATTERN_ID, CLOZE_LOSS, ...).
   """
   if pack:
     raise ValueError("SuperGLUE cloze batches cannot be packed; set PACK = False.")
@@ -249,8 +361,12 @@ def get_batches(name: str, split: str, *, sequence_length: int, batch_size: int,
   if batch_size % num_shards:
     raise ValueError(f"batch_size {batch_size} is not divisible by num_shards {num_shards}.")
   task, _ = parse_task_name(name)
+  settings = ClozeSettings(pattern_id=pattern_id, loss=loss, wsc_candidates=wsc_candidates,
+                           record_answer_order=record_answer_order).check_task(task)
+  layout = layout_for(settings, layout)
   data = prepare_split(name, split, sequence_length=sequence_length, vocabulary=vocabulary,
-                       train=train, seed=seed, max_candidates=max_candidates, layout=layout)
+                       train=train, max_candidates=max_candidates, layout=layout,
+                       settings=settings)
   c = _num_candidates(task, data.encoded, max_candidates)
   per_shard = batch_size // num_shards
   n = len(data.examples)
@@ -275,18 +391,17 @@ def get_batches(name: str, split: str, *, sequence_length: int, batch_size: int,
 
 
 @gin.configurable
-def steps_per_epoch(name: str, batch_size: int, split: str = "train", seed: int = 0,
+def steps_per_epoch(name: str, batch_size: int, split: str = "train",
                     max_candidates: int = 10) -> int:
-  """Train batches in one epoch of a task (after WSC filtering / COPA mirroring)."""
+  """Train batches in one epoch of a task (WSC filtered, COPA mirrored, ReCoRD per answer)."""
   task, _ = parse_task_name(name)
-  examples = [patterns.render(task, r) for r in load_records(name, split)]
-  examples = training_examples(examples, seed=seed, max_candidates=max_candidates)
+  examples = training_examples(task, load_records(name, split), max_candidates=max_candidates)
   return math.ceil(len(examples) / batch_size)
 
 
 @gin.configurable
 def num_train_steps(name: str, epochs: int, batch_size: int, fraction: float = 1.0) -> int:
-  """fraction * epochs * steps_per_epoch (fraction 0.1 gives GLM's warmup)."""
+  """fraction * epochs * steps_per_epoch: the reference's train_iters (epochs x loader length)."""
   return int(fraction * epochs * steps_per_epoch(name, batch_size))
 
 
@@ -301,8 +416,16 @@ def hparam(task: str, name: str, per_task: dict) -> Any:
 
 
 @gin.configurable
+def task_settings(task: str, **settings) -> dict:
+  """{task: settings}: one task's settings in the form evaluate_superglue(task_settings=) takes."""
+  task, _ = parse_task_name(task)
+  return {task: settings}
+
+
+@gin.configurable
 def default_model_dir(init_checkpoint: Optional[str], task: str) -> str:
   """<INIT_CHECKPOINT>_superglue_<task>: the fine-tuning MODEL_DIR when none is given."""
   if not init_checkpoint:
     raise ValueError("Set INIT_CHECKPOINT (a pretrained checkpoint) or MODEL_DIR.")
-  return os.path.normpath(os.path.abspath(init_checkpoint)) + f"_superglue_{task}"
+  from glm_jax import paths  # pylint: disable=g-import-not-at-top
+  return str(paths.resolve(os.fspath(init_checkpoint).rstrip("/"))) + f"_superglue_{task}"

@@ -1,9 +1,11 @@
-"""SuperGLUE metrics as the benchmark defines them; every value is a fraction in [0, 1].
+"""SuperGLUE metrics as the reference computes them; every value is a fraction in [0, 1].
 
-accuracy (BoolQ, COPA, RTE, WiC, WSC), CB accuracy + macro-F1 over its three classes,
-MultiRC F1 over all answer options (f1a) + exact match per question, ReCoRD max-over-gold
-exact match and token F1 (SQuAD normalisation). `task_score` is a task's number in the
-SuperGLUE average (the mean of its metrics).
+accuracy (BoolQ, COPA, RTE, WiC, WSC), CB accuracy + macro-F1 (sklearn's: the mean over the
+classes that occur in the labels or predictions), MultiRC F1 over all answer options (f1a) +
+exact match per question id, ReCoRD max-over-gold exact match and token F1 with the
+reference's normalisation (lower case, transliterated to ASCII by unidecode, no punctuation,
+no articles, single spaces). `task_score` is a task's number in the SuperGLUE average (the
+mean of its metrics); the reference prints the same numbers x 100.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ def f1_macro(predictions: Sequence[Any], labels: Sequence[Any], classes: Sequenc
 
 
 def cb_metrics(predictions, labels) -> Dict[str, float]:
+  classes = sorted(set(labels) | set(predictions), key=str)
   return {"accuracy": accuracy(predictions, labels),
-          "f1": f1_macro(predictions, labels, ("entailment", "contradiction", "neutral"))}
+          "f1": f1_macro(predictions, labels, classes)}
 
 
 def multirc_metrics(predictions: Sequence[int], labels: Sequence[int],
                     questions: Sequence[Hashable]) -> Dict[str, float]:
-  """f1a over every answer option; exact match = all options of a question right."""
+  """f1a over every answer option; exact match = all options of a question id right."""
   per_question = collections.defaultdict(list)
   for p, l, q in zip(predictions, labels, questions):
     per_question[q].append(p == l)
@@ -52,8 +55,10 @@ def multirc_metrics(predictions: Sequence[int], labels: Sequence[int],
 
 
 def normalize_answer(text: str) -> str:
-  """Lower case, no punctuation, no articles, single spaces (SQuAD / ReCoRD)."""
-  text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+  """Lower case in ASCII (unidecode), no punctuation, no articles, single spaces (ReCoRD)."""
+  import unidecode  # pylint: disable=g-import-not-at-top
+  text = "".join(ch for ch in unidecode.unidecode(text.lower())
+                 if ch not in set(string.punctuation))
   text = re.sub(r"\b(a|an|the)\b", " ", text)
   return " ".join(text.split())
 

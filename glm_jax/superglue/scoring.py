@@ -1,12 +1,16 @@
 """Candidate scores of cloze batches from GLM logits (GLM_SPEC.md section 6), batched.
 
-Three batch layouts (built by inputs.py), each giving scores [B, C]:
+Four batch layouts (built by inputs.py); the first three give scores [B, C]:
 - verbalizer: one sequence per example, Part B = [sop]; score = logit at the first Part B
   position (index sep) of each candidate's single verbalizer token.
 - separate: one sequence per candidate, tokens [B, C, T]; score = sum of the answer tokens'
   log-probabilities (eop included).
 - shared: Part A once, then every candidate's Part B in the same row; an explicit mask lets
   each candidate see Part A and, causally, only itself. Same score as `separate`.
+- generative: the gold candidate's row alone, tokens [B, T] with targets (the reference's
+  generative WSC): per-row answer NLL, answer length and whether every token is the argmax.
+With `length_penalty` > 0 a multi-token score is divided by (answer tokens incl. eop) **
+length_penalty, as the reference's GLMForMultiTokenCloze does (its WSC: 1.0).
 """
 
 from __future__ import annotations
@@ -19,15 +23,17 @@ INVALID_SCORE = -1e9
 
 
 def layout_of(batch) -> str:
-  """'verbalizer', 'separate' or 'shared', from the keys and ranks of a batch."""
+  """'verbalizer', 'separate', 'shared' or 'generative', from the keys and ranks of a batch."""
   if "candidate_ids" in batch:
     return "verbalizer"
   if "candidate_index" in batch:
     return "shared"
   if batch["tokens"].ndim == 3:
     return "separate"
-  raise ValueError("Not a cloze batch: expected candidate_ids, candidate_index or [B, C, T] "
-                   "tokens.")
+  if "targets" in batch:
+    return "generative"
+  raise ValueError("Not a cloze batch: expected candidate_ids, candidate_index, [B, C, T] "
+                   "tokens or [B, T] targets.")
 
 
 def verbalizer_scores(logits, sep, candidate_ids):
@@ -65,13 +71,31 @@ def shared_scores(logits, targets, loss_weights, candidate_index, num_candidates
   return jnp.einsum("bt,btc->bc", logp, onehot)
 
 
-def candidate_scores(apply_fn, batch, **apply_kwargs):
-  """Scores [B, C] of a batch in any layout; padded candidates get INVALID_SCORE.
+def _penalized(scores, lengths, length_penalty: float):
+  if length_penalty <= 0.0:
+    return scores
+  return scores / jnp.maximum(lengths, 1.0) ** length_penalty
+
+
+def generative_outputs(apply_fn, batch, **apply_kwargs):
+  """(answer NLL [B], answer tokens [B], every answer token the argmax [B]) of the generative
+  layout."""
+  logits = apply_fn(batch["tokens"], batch["positions"], sep=batch["sep"], **apply_kwargs)
+  w = batch["loss_weights"]
+  nll = -jnp.sum(token_log_probs(logits, batch["targets"]) * w, axis=-1)
+  hit = (jnp.argmax(logits, axis=-1) == batch["targets"]) | (w == 0)
+  return nll, jnp.sum(w, axis=-1), jnp.all(hit, axis=-1)
+
+
+def candidate_scores(apply_fn, batch, length_penalty: float = 0.0, **apply_kwargs):
+  """Scores [B, C] of a batch in any candidate layout; padded candidates get INVALID_SCORE.
 
   apply_fn(tokens, positions, sep=..., mask=..., **apply_kwargs) -> logits [N, T, V], e.g.
   `functools.partial(GLM(config).apply, {'params': params})`.
   """
   layout = layout_of(batch)
+  if layout == "generative":
+    raise ValueError("A generative batch has no candidate scores; use generative_outputs.")
   if layout == "verbalizer":
     logits = apply_fn(batch["tokens"], batch["positions"], sep=batch["sep"], **apply_kwargs)
     scores = verbalizer_scores(logits, batch["sep"], batch["candidate_ids"])
@@ -81,10 +105,16 @@ def candidate_scores(apply_fn, batch, **apply_kwargs):
                       batch["positions"].reshape(b * c, 2, t),
                       sep=batch["sep"].reshape(b * c), **apply_kwargs)
     logp = token_log_probs(logits, batch["targets"].reshape(b * c, t))
-    scores = jnp.sum(logp * batch["loss_weights"].reshape(b * c, t), axis=-1).reshape(b, c)
+    weights = batch["loss_weights"].reshape(b * c, t)
+    scores = _penalized(jnp.sum(logp * weights, axis=-1),
+                        jnp.sum(weights, axis=-1), length_penalty).reshape(b, c)
   else:
     mask = shared_candidate_mask(batch["sep"], batch["candidate_index"])
     logits = apply_fn(batch["tokens"], batch["positions"], mask=mask, **apply_kwargs)
+    num_candidates = batch["candidate_mask"].shape[1]
     scores = shared_scores(logits, batch["targets"], batch["loss_weights"],
-                           batch["candidate_index"], batch["candidate_mask"].shape[1])
+                           batch["candidate_index"], num_candidates)
+    lengths = jnp.einsum("bt,btc->bc", batch["loss_weights"].astype(jnp.float32),
+                         jax.nn.one_hot(batch["candidate_index"], num_candidates))
+    scores = _penalized(scores, lengths, length_penalty)
   return jnp.where(batch["candidate_mask"] > 0, scores.astype(jnp.float32), INVALID_SCORE)

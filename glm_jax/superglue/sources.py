@@ -1,7 +1,8 @@
 """SuperGLUE examples from the release JSONL layout, FewGLUE, or TFDS, as flat records.
 
 Every task's examples become flat JSON-able dicts ("records") that `patterns.render` reads:
-MultiRC one record per answer option, ReCoRD one per query, WSC with a candidate list. The
+MultiRC one record per answer option, ReCoRD one per query, WSC with its own `candidates`
+where the file has them (the reference's WSC-negative format) and `heuristic_candidates`. The
 release layout is `<dir>/<Task>/{train,val,test}.jsonl` (the SuperGLUE zips, `SUPERGLUE_DIR`);
 FewGLUE is the same format with only `train.jsonl` (`FEWGLUE_DIR`).
 """
@@ -12,9 +13,11 @@ import collections
 import json
 import os
 import re
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import gin
+
+from glm_jax import paths
 
 TASKS = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc")
 TASK_DIRS = {"boolq": "BoolQ", "cb": "CB", "copa": "COPA", "multirc": "MultiRC",
@@ -39,7 +42,8 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 def _resolve(directory: Optional[str]) -> Optional[str]:
   """A relative directory is taken from the working directory, else from the repo root."""
-  if not directory or os.path.isabs(directory) or os.path.isdir(directory):
+  if (not directory or paths.is_url(directory) or os.path.isabs(directory)
+      or os.path.isdir(directory)):
     return directory
   from_root = os.path.join(_REPO_ROOT, directory)
   return from_root if os.path.isdir(from_root) else directory
@@ -66,21 +70,79 @@ def jsonl_path(data_dir: Optional[str], task: str, split: str) -> str:
   if not data_dir:
     raise ValueError("No SuperGLUE data directory: set the gin macro SUPERGLUE_DIR (or "
                      "FEWGLUE_DIR) to a folder holding <Task>/{train,val,test}.jsonl.")
-  path = os.path.join(data_dir, TASK_DIRS[task], _SPLIT_FILES[split])
-  if not os.path.exists(path):
+  path = str(paths.resolve(data_dir) / TASK_DIRS[task] / _SPLIT_FILES[split])
+  if not paths.resolve(path).exists():
     raise FileNotFoundError(f"{path} does not exist; point SUPERGLUE_DIR/FEWGLUE_DIR at the "
                             f"unzipped release (<dir>/{TASK_DIRS[task]}/{_SPLIT_FILES[split]}).")
   return path
 
 
+# Fields every release example of a task has (dotted: nested); labels are absent from test
+# files. A missing one stops reading with the file and line named.
+REQUIRED_FIELDS = {
+    "boolq": ("idx", "question", "passage"), "cb": ("idx", "premise", "hypothesis"),
+    "copa": ("idx", "premise", "choice1", "choice2", "question"),
+    "multirc": ("idx", "passage.text", "passage.questions"),
+    "record": ("idx", "passage.text", "passage.entities", "qas"),
+    "rte": ("idx", "premise", "hypothesis"), "wic": ("idx", "word", "sentence1", "sentence2"),
+    "wsc": ("idx", "text", "target.span1_text", "target.span2_text", "target.span1_index",
+            "target.span2_index"),
+}
+
+
 def read_jsonl(path: str) -> List[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The JSON objects of a JSONL file; a line that is not one fails naming file and line."""
+  return [example for _, example in read_jsonl_lines(path)]
 
 
-def clean(text: str) -> str:
-  """Collapses whitespace runs (newlines included) into single spaces."""
-  return re.sub(r"\s+", " ", text).strip()
+def read_jsonl_lines(path: str) -> List[Tuple[int, dict]]:
+  """(line number, object) of each non-blank line of a JSONL file (ValueError naming a bad
+  line)."""
+  try:
+    text = paths.read_text(path)
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); pass the "
+                     "release's JSONL file.") from None
+  out = []
+  for number, line in enumerate(text.splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      value = json.loads(line)
+    except ValueError as e:
+      raise ValueError(f"{path} line {number} is not valid JSON ({e}); fix or remove that "
+                       "line.") from None
+    if not isinstance(value, dict):
+      raise ValueError(f"{path} line {number} is a JSON {type(value).__name__}, not an "
+                       "example object; fix or remove that line.")
+    out.append((number, value))
+  return out
+
+
+def _missing_field(example: dict, fields) -> Optional[str]:
+  for field in fields:
+    value = example
+    for part in field.split("."):
+      if not isinstance(value, dict) or part not in value:
+        return field
+      value = value[part]
+  return None
+
+
+def check_examples(task: str, lines: List[Tuple[int, dict]], path: str) -> None:
+  """Every example has its task's fields and flattens; else ValueError naming file and line."""
+  task = check_task(task)
+  for number, example in lines:
+    missing = _missing_field(example, REQUIRED_FIELDS[task])
+    if missing is None:
+      try:
+        flatten(task, [example])
+      except (KeyError, TypeError, IndexError, AttributeError) as e:
+        missing = f"{type(e).__name__} {e} in a nested field"
+    if missing is not None:
+      raise ValueError(f"{path} line {number}: the example lacks {missing!r}, which every "
+                       f"{TASK_DIRS[task]} example has; fix that line, or point SUPERGLUE_DIR / "
+                       "FEWGLUE_DIR at the release.")
 
 
 def flatten(task: str, examples: Iterable[dict]) -> List[dict]:
@@ -100,22 +162,20 @@ def flatten(task: str, examples: Iterable[dict]) -> List[dict]:
     out = []
     for ex in examples:
       text = ex["passage"]["text"]
-      entities = []
-      for e in ex["passage"]["entities"]:
-        name = text[e["start"]:e["end"] + 1]
-        if name not in entities:
-          entities.append(name)
+      entities = list(dict.fromkeys(text[e["start"]:e["end"] + 1]
+                                    for e in ex["passage"]["entities"]))  # inclusive ends
       for q in ex["qas"]:
-        answers = []
-        for a in q.get("answers", []):
-          if a["text"] not in answers:
-            answers.append(a["text"])
+        answers = list(dict.fromkeys(a["text"] for a in q.get("answers", [])))
         out.append({"idx": {"passage": ex["idx"], "query": q["idx"]}, "passage": text,
                     "query": q["query"], "entities": entities, "answers": answers})
     return out
   if task == "wsc":
-    out = [{"idx": ex["idx"], "text": ex["text"], "label": ex.get("label"), **ex["target"]}
-           for ex in examples]
+    out = []
+    for ex in examples:
+      record = {"idx": ex["idx"], "text": ex["text"], "label": ex.get("label"), **ex["target"]}
+      if "candidates" in ex:  # WSC-negative: [{"text": ...}, ...], first occurrences kept
+        record["candidates"] = list(dict.fromkeys(c["text"] for c in ex["candidates"]))
+      out.append(record)
     return add_wsc_candidates(out)
   out = []
   for ex in examples:
@@ -145,11 +205,12 @@ def _heuristic_noun_phrases(text: str) -> List[str]:
 
 
 def add_wsc_candidates(records: List[dict]) -> List[dict]:
-  """Adds `candidates` to WSC records: the gold span first, then its rivals.
+  """Adds `heuristic_candidates` to WSC records: rivals of the gold span, for data without
+  candidate lists (the public WSC).
 
   Rivals are the other span1 texts asked about the same pronoun of the same text; when that
-  leaves fewer than two candidates, capitalised word runs and determiner + word phrases of
-  the text are added. At most MAX_WSC_CANDIDATES in all.
+  leaves fewer than two candidates with the gold span, capitalised word runs and determiner +
+  word phrases of the text are added. At most MAX_WSC_CANDIDATES with the gold span.
   """
   groups = collections.defaultdict(list)
   for r in records:
@@ -170,13 +231,25 @@ def add_wsc_candidates(records: List[dict]) -> List[dict]:
     if len(candidates) < 2:
       for phrase in _heuristic_noun_phrases(r["text"]):
         add(phrase)
-    out.append({**r, "candidates": candidates[:MAX_WSC_CANDIDATES]})
+    out.append({**r, "heuristic_candidates": candidates[1:MAX_WSC_CANDIDATES]})
   return out
 
 
 def load_jsonl_records(task: str, split: str, data_dir: Optional[str]) -> List[dict]:
   """Flat records of one task and split from the release JSONL layout."""
-  return flatten(task, read_jsonl(jsonl_path(data_dir, task, split)))
+  path = jsonl_path(data_dir, task, split)
+  lines = read_jsonl_lines(path)
+  check_examples(task, lines, path)
+  return flatten(task, [example for _, example in lines])
+
+
+def records_path(task: str, split: str, source: str = "superglue") -> str:
+  """The file load_records(task, split, source) reads (FileNotFoundError when missing)."""
+  dirs = data_dirs()
+  if source not in ("superglue", "fewglue"):
+    raise ValueError(f"Unknown source {source!r}; use 'superglue' or 'fewglue'.")
+  directory = dirs["fewglue"] if source == "fewglue" and split == "train" else dirs["superglue"]
+  return jsonl_path(directory, task, split)
 
 
 @gin.configurable

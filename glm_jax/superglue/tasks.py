@@ -98,7 +98,9 @@ _register()
 
 
 def task_names(mixture_or_task: str) -> List[str]:
-  """The task names of a mixture (or the one task), in registration order."""
+  """The task names of a mixture (or the one task; 'rte' is superglue_rte), in order."""
+  if mixture_or_task in sources.TASKS:
+    return [f"superglue_{mixture_or_task}"]
   if mixture_or_task in seqio.MixtureRegistry.names():
     return [t.name for t in seqio.get_mixture_or_task(mixture_or_task).tasks]
   if mixture_or_task in seqio.TaskRegistry.names():

@@ -21,8 +21,6 @@ import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
-from glm_jax import backend
-
 # The outputs carry this name so that the 'dots' remat policies save them, as they save a
 # plain dot_general's output (a custom_vjp call is not a dot to those policies).
 OUTPUT_NAME = "matmul_out"
@@ -65,15 +63,11 @@ def _transposed(array, axes: str, order: str):
 
 
 def einsum(spec: str, x, w, preferred_element_type=None):
-  """jnp.einsum(spec, x, w), with the weight-gradient layout above on a single-device CPU.
+  """jnp.einsum(spec, x, w) with the weight-gradient layout above, its output named OUTPUT_NAME.
 
-  Elsewhere (GPU, TPU, a sharded mesh: glm_jax/backend.py) this is the plain jnp.einsum.
+  For one XLA:CPU device (glm_jax.kernels.select); elsewhere the network calls jnp.einsum.
   """
-  if backend.single_device_cpu():
-    y = _einsum(spec, x, w, preferred_element_type)
-  else:
-    y = jnp.einsum(spec, x, w, preferred_element_type=preferred_element_type)
-  return checkpoint_name(y, OUTPUT_NAME)
+  return checkpoint_name(_einsum(spec, x, w, preferred_element_type), OUTPUT_NAME)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))

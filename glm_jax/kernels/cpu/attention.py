@@ -1,4 +1,4 @@
-"""GLM's attention core, q [B,N,T,D] x k, v -> out [B,N,T,D], with a hand-written backward.
+"""The CPU layer's attention core, q [B,N,T,D] x k, v -> out [B,N,T,D], hand-written backward.
 
 Autodiff of softmax(q k^T) v over whole [B, N, T, T] tensors is memory-bound on a CPU (GLM-Base:
 50 MB per score tensor, well past the caches) and lets XLA pick slow backward layouts (it
@@ -24,10 +24,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from glm_jax import dropout as dropout_lib
+from glm_jax.kernels.mask import MASK_FILL
 
-# The reference fills masked scores with the fp16 minimum, not -inf: a fully masked row
-# becomes a uniform distribution instead of NaN.
-MASK_FILL = -65504.0
 # Float32 scores per block. The backward's blocks are half the forward's: measured on a 2-core
 # Zen 4 (1 MiB L2 per core), GLM-Base attention forward + backward took 102 ms per layer with
 # 2-head backward blocks and 86 ms with 1-head blocks; the forward is the same at 1, 2 or 4.

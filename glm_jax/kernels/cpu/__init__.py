@@ -1,0 +1,7 @@
+"""The CPU layer: kernels written for XLA:CPU on one device (values equal the plain ops).
+
+attention.py: the blocked attention core with a hand-written backward; matmul.py: projections
+whose weight gradients are row-major matmuls. The network turns them on through
+glm_jax.kernels.select (attention_kernel 'auto' on a single-device CPU, or 'cpu_blocked');
+on GPUs, TPUs and sharded meshes the compilers choose these layouts themselves.
+"""
