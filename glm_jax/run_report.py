@@ -22,6 +22,7 @@ import numpy as np
 
 BASELINE_KEY = "eval/baseline_accuracy"
 DEFAULT_PROMPT = "The old man looked out of the [MASK] and saw the sea."
+SAMPLE_MAX_NEW_TOKENS = 16  # train.print_sample_fill's default
 EVAL_GIN_INPUT = "@train.task_batches"  # configs/runs/eval.gin's EVAL_INPUT
 
 
@@ -74,12 +75,25 @@ def token_label(vocab_spec: str, token_id: int) -> str:
   return repr(vocab.id_to_piece(token_id))
 
 
+def _sample_setting(name: str, default):
+  try:
+    return gin.query_parameter(f"train.print_sample_fill.{name}")
+  except ValueError:
+    return default
+
+
 def sample_prompt() -> str:
   """The quickstart's sample blank when the config binds one, else DEFAULT_PROMPT."""
-  try:
-    return gin.query_parameter("train.print_sample_fill.text")
-  except ValueError:
-    return DEFAULT_PROMPT
+  return _sample_setting("text", DEFAULT_PROMPT)
+
+
+def sample_decoding_flags() -> str:
+  """The glm_jax.infer flags that decode as the config's sample fill does."""
+  flags = [f"--max_new_tokens={_sample_setting('max_new_tokens', SAMPLE_MAX_NEW_TOKENS)}"]
+  if _sample_setting("strategy", "greedy") == "beam":
+    flags += ["--strategy=beam", f"--num_beams={_sample_setting('num_beams', 4)}",
+              f"--length_penalty={_sample_setting('length_penalty', 1.0)}"]
+  return " ".join(flags)
 
 
 def _gin_reference(fn: Callable) -> str:
@@ -178,7 +192,7 @@ class RunReport:
               f"--output={q(os.path.join(d, 'loss.png'))}",
               f"  evaluate:    {eval_cmd}",
               f"  generate:    python -m glm_jax.infer --checkpoint={q(d)} "
-              f"--text={q(sample_prompt())}"]
+              f"--text={q(sample_prompt())} {sample_decoding_flags()}"]
     return "\n".join(lines)
 
   def print_summary(self, step: int, stopped: bool = False) -> None:

@@ -87,3 +87,26 @@ def test_summary_passes_a_non_default_input_and_the_bound_prompt():
   assert "--gin.EVAL_INPUT=@train.synthetic_batches" in text
   assert "--gin.EVAL_STEPS" not in text
   assert "--text='A [MASK] day.'" in text
+
+
+def test_generate_command_decodes_as_the_sample_fill():
+  gin.clear_config()
+  try:
+    text = _report().summary(5)  # nothing bound: print_sample_fill's greedy defaults
+    assert "--max_new_tokens=16" in text and "--strategy" not in text
+    gin.parse_config(["from glm_jax import train",
+                      "train.print_sample_fill.strategy = 'beam'",
+                      "train.print_sample_fill.num_beams = 3",
+                      "train.print_sample_fill.length_penalty = 0.0",
+                      "train.print_sample_fill.max_new_tokens = 6"])
+    text = _report().summary(5)
+  finally:
+    gin.clear_config()
+  assert text.rstrip().endswith(
+      "--max_new_tokens=6 --strategy=beam --num_beams=3 --length_penalty=0.0")
+
+
+def test_sample_fill_refuses_a_random_strategy():
+  from glm_jax import train  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="'greedy' or 'beam'"):
+    train.print_sample_fill(None, None, "builtin", strategy="sample")

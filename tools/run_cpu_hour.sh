@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 MODEL_DIR=${1:-runs/cpu_hour}
 # The recipe's data and shapes (keep in step with configs/runs/cpu_hour.gin).
 TASK=glm_builtin_doc
-SEQUENCE_LENGTH=128
+SEQUENCE_LENGTH=64
 mkdir -p "$MODEL_DIR"
 LOG="$MODEL_DIR/cpu_hour.log"
 
@@ -31,8 +31,8 @@ python -m glm_jax.eval --gin_file=configs/runs/eval.gin --gin.CHECKPOINT="$MODEL
 echo "== $(stamp): LAMBADA and WikiText-2" | tee -a "$LOG"
 # Positions beyond the training length were never trained: windows and passages stay within it.
 python -m glm_jax.eval --gin_file=configs/runs/eval_lm.gin --gin.CHECKPOINT="$MODEL_DIR" \
-  --gin.LAMBADA_LENGTH="$SEQUENCE_LENGTH" --gin.WIKITEXT_WINDOW="$SEQUENCE_LENGTH" \
-  --gin.WIKITEXT_STRIDE=$(( SEQUENCE_LENGTH / 4 )) --gin.OUTPUT_DIR="$MODEL_DIR/eval_lm" \
+  --gin.LAMBADA_LENGTH="$SEQUENCE_LENGTH" --gin.WIKITEXT_SEQUENCE_LENGTH="$SEQUENCE_LENGTH" \
+  --gin.WIKITEXT_OVERLAP=$(( SEQUENCE_LENGTH / 4 )) --gin.OUTPUT_DIR="$MODEL_DIR/eval_lm" \
   2>&1 | tee -a "$LOG"
 
 echo "== $(stamp): fills" | tee -a "$LOG"
