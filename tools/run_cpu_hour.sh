@@ -35,17 +35,21 @@ python -m glm_jax.eval --gin_file=configs/runs/eval_lm.gin --gin.CHECKPOINT="$MO
   --gin.WIKITEXT_OVERLAP=$(( SEQUENCE_LENGTH / 4 )) --gin.OUTPUT_DIR="$MODEL_DIR/eval_lm" \
   2>&1 | tee -a "$LOG"
 
-echo "== $(stamp): fills" | tee -a "$LOG"
+echo "== $(stamp): fills (greedy, then beam search as the sample fill)" | tee -a "$LOG"
 cat > "$MODEL_DIR/prompts.txt" <<'EOF'
 The old man looked out of the [MASK] and saw the sea.
 She opened the [MASK] and went into the garden.
+He put his hand into his [MASK] and took out a letter.
+He shook his [MASK] and said nothing.
+They sat down to [MASK] at the table.
 It was a dark and stormy [MASK].
-He took off his [MASK] and sat down by the fire.
-"I will not go," said [MASK], "until the king has spoken."
 Once upon a time there lived a [gMASK]
 EOF
 python -m glm_jax.infer --checkpoint="$MODEL_DIR" --input_file="$MODEL_DIR/prompts.txt" \
-  --max_new_tokens=24 --output_file="$MODEL_DIR/fills.txt" 2>&1 | tee -a "$LOG"
+  --max_new_tokens=24 --output_file="$MODEL_DIR/fills_greedy.txt" 2>&1 | tee -a "$LOG"
+python -m glm_jax.infer --checkpoint="$MODEL_DIR" --input_file="$MODEL_DIR/prompts.txt" \
+  --max_new_tokens=24 --strategy=beam --num_beams=4 --length_penalty=0.0 \
+  --output_file="$MODEL_DIR/fills_beam.txt" 2>&1 | tee -a "$LOG"
 
 echo "== $(stamp): rows for docs/quickstart.md" | tee -a "$LOG"
 python - "$MODEL_DIR" "$train_seconds" <<'EOF' | tee -a "$LOG"
@@ -68,6 +72,7 @@ for key in ("lambada/accuracy", "lambada/word_token_ppl", "lambada_uni/accuracy"
             "wikitext2/uni/word_ppl"):
   if key in lm:
     print(f"| {key} | {lm[key]:.4f} |")
-for line in open(os.path.join(model_dir, "fills.txt")):
-  print(f"| fill | {line.strip()} |")
+for name in ("greedy", "beam"):
+  for line in open(os.path.join(model_dir, f"fills_{name}.txt")):
+    print(f"| fill ({name}) | {line.strip()} |")
 EOF
