@@ -15,8 +15,10 @@ at the end, and what one host must feed GLM-Large at T = 512 (the formula is pri
 samples/s = chips x peak FLOP/s x MFU / (FLOPs per token x T), FLOPs per token =
 glm_jax.flops.train_flops_per_token (6 N + 12 L T h).
 
-Raw samples are the reference collator's own inputs (`collator_inputs_glm_tiny_a.npz`,
-2000 samples of 512 BERT tokens, cut to --raw_length), held in memory and repeated.
+Raw samples are the reference collator's own inputs (by default the first 300 of its 2000
+samples of 512 BERT tokens, shipped in tests/fixtures/glm_reference; pass
+--inputs=../shared/fixtures/glm_reference/collator_inputs_glm_tiny_a.npz for all 2000), cut
+to --raw_length, held in memory and repeated.
 Every run limits tf.data and TF to one thread (private threadpool 1, intra/inter-op 1).
 `samples_per_second` is samples per CPU-second of the process (the per-core figure, robust
 to other load on a shared machine); `samples_per_wall_second` is also printed.
@@ -31,13 +33,15 @@ import pathlib
 import sys
 import time
 
-from absl import app
-from absl import flags
-import numpy as np
-import seqio
-import tensorflow as tf
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from glm_jax import console  # pylint: disable=g-import-not-at-top
+console.quiet_startup()  # before TensorFlow loads
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import seqio  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
 from glm_jax.data import objectives  # pylint: disable=g-import-not-at-top
 from glm_jax.data.feature_converter import GLMFeatureConverter  # pylint: disable=g-import-not-at-top,line-too-long
 from glm_jax.data.special_tokens import BERT_WORDPIECE  # pylint: disable=g-import-not-at-top
@@ -60,8 +64,9 @@ _NUM_BATCHES = flags.DEFINE_integer("num_batches", 300, "Timed batches (--corpus
 _START_BATCH = flags.DEFINE_integer("start_batch", 1000, "First batch (--corpus).")
 _THREADS = flags.DEFINE_integer("threads", None, "--corpus: tf.data threads (None: all).")
 _INPUTS = flags.DEFINE_string(
-    "inputs", "/work/shared/fixtures/glm_reference/collator_inputs_glm_tiny_a.npz",
-    "npz with `text` int32 [num_samples, 512].")
+    "inputs", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                           "fixtures", "glm_reference", "collator_inputs_glm_tiny_a_300.npz"),
+    "npz with `text` int32 [num_samples, 512]; collator_stats_glm_tiny_a.json beside it.")
 
 # REFERENCE_PERF.md: reference Python collator, one core, samples/s (two runs).
 REFERENCE = {"token": (1098, 679), "sentence": (924, 596), "document": (2407, 2239)}
@@ -210,7 +215,7 @@ def main(argv):
   special = dataclasses.replace(BERT_WORDPIECE, sentence_end_ids=(1012, 1029, 999, 1025, 1024))
   if not os.path.exists(_INPUTS.value):
     sys.exit(f"--inputs {_INPUTS.value} does not exist; pass the npz of raw samples "
-             "(collator_inputs_glm_tiny_a.npz in the shared fixtures).")
+             "(collator_inputs_glm_tiny_a*.npz of the glm_reference fixtures).")
   texts = np.load(_INPUTS.value)["text"]
   if not 8 <= _RAW_LENGTH.value <= texts.shape[1]:
     sys.exit(f"--raw_length must be between 8 and {texts.shape[1]}, the inputs' length.")
@@ -236,4 +241,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main)

@@ -15,11 +15,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from glm_jax import host_memory  # pylint: disable=g-import-not-at-top
+from glm_jax import console, host_memory  # pylint: disable=g-import-not-at-top,g-multiple-import
 
 host_memory.reexec_with_tuned_malloc()  # before JAX starts: see glm_jax/host_memory.py
 
-from absl import app, flags  # pylint: disable=g-multiple-import
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,4 +107,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main)

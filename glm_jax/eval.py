@@ -35,7 +35,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import gin  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 
-from glm_jax import checkpoints, distributed, gin_utils, partitioning, paths, settings  # pylint: disable=g-import-not-at-top
+from glm_jax import checkpoints, distributed, gin_utils, partitioning, paths, run_report, settings  # pylint: disable=g-import-not-at-top,g-multiple-import
 from glm_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 from glm_jax.models import BlankInfillingModel  # pylint: disable=g-import-not-at-top
 
@@ -58,7 +58,8 @@ def infilling_evaluator(params, config, vocab_spec: str, output_dir: str, *,
                         seed: int = 0,
                         mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
                         check_only: bool = False) -> Dict[str, float]:
-  """Loss and token accuracy of blank infilling on a task split (the trainer's eval step).
+  """Loss and token accuracy of blank infilling on a task split (the trainer's eval step),
+  and the accuracy of always predicting the most frequent target (eval/baseline_accuracy).
 
   Runs on the active partitioner's mesh (glm_jax.eval's), else on one from `mesh_config`; the
   split is tokenized with the checkpoint's vocabulary (`vocab_spec`).
@@ -86,11 +87,14 @@ def infilling_evaluator(params, config, vocab_spec: str, output_dir: str, *,
   partitioner.check_batch_size(batch_size)
   shard_index, num_shards = partitioner.local_batch_slice(batch_size)
   eval_step = trainer_lib.make_eval_step(model, partitioner)
-  batches = (partitioner.shard_batch(b, batch_size) for b in input_fn(
+  baseline = run_report.TargetBaseline(config.vocab_size)
+  batches = (partitioner.shard_batch(baseline.add(b), batch_size) for b in input_fn(
       mixture_or_task_name, split, sequence_length=sequence_length, batch_size=batch_size,
       seed=seed, shard_index=shard_index, num_shards=num_shards, num_batches=num_batches,
       vocabulary=vocab_spec))
-  return trainer_lib.evaluate(eval_step, params, batches)
+  results = trainer_lib.evaluate(eval_step, params, batches)
+  results[run_report.BASELINE_KEY] = baseline.result()[0]  # always the most frequent target
+  return results
 
 
 @gin.configurable

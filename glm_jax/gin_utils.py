@@ -22,6 +22,7 @@ from absl import app, flags, logging  # pylint: disable=g-multiple-import
 import gin
 from gin import config_parser
 
+from glm_jax import console
 from glm_jax import paths as paths_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -385,7 +386,9 @@ def quiet_late_callbacks() -> None:
 
 
 def run(main: Callable, argv: Optional[Sequence[str]] = None) -> None:
-  """app.run with --gin.NAME=VALUE support and the one-line errors of every CLI."""
+  """The quiet start (glm_jax.console), then app.run with --gin.NAME=VALUE support and the
+  one-line errors of every CLI."""
+  console.quiet_startup()
   quiet_late_callbacks()
   argv = list(sys.argv if argv is None else argv)
   try:

@@ -14,7 +14,6 @@ Cloud TPU pods and SLURM).
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
@@ -27,7 +26,7 @@ if __name__ == "__main__":
   _train_module.cli()
   sys.exit(0)
 import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 from absl import flags, logging
 import gin
@@ -35,10 +34,10 @@ import jax
 import numpy as np
 
 from glm_jax import checkpoints, distributed, flops, gin_utils, metrics_writer, optim
-from glm_jax import partitioning, paths, run_lock, settings
+from glm_jax import partitioning, paths, run_lock, run_report, settings
 from glm_jax import trainer as trainer_lib
 from glm_jax.data import corpus
-from glm_jax.models import BaseModel
+from glm_jax.models import BaseModel, BlankInfillingModel
 
 FLAGS = flags.FLAGS
 
@@ -206,13 +205,20 @@ class _Preemption:
 @gin.configurable
 def print_sample_fill(params, config, vocab_spec: str,
                       text: str = "The old man looked at the [MASK] and smiled.",
-                      max_new_tokens: int = 16) -> Optional[str]:
-  """Greedy fill of one blank by the trained model (glm_jax.generate), printed by process 0."""
+                      max_new_tokens: int = run_report.SAMPLE_MAX_NEW_TOKENS,
+                      strategy: str = "greedy", num_beams: int = 4,
+                      length_penalty: float = 1.0) -> Optional[str]:
+  """The trained model's fill of one blank (glm_jax.generate: greedy or beam search), printed
+  by process 0; `python -m glm_jax.infer` with the same flags gives the same fill."""
   from glm_jax import generate as generate_lib  # pylint: disable=g-import-not-at-top
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  if strategy not in ("greedy", "beam"):
+    raise ValueError(f"train.print_sample_fill.strategy must be 'greedy' or 'beam' (a "
+                     f"deterministic fill), got {strategy!r}.")
   vocabulary = vocab_lib.get_vocabulary(vocab_spec)
   filled = generate_lib.generate(text, params=params, config=config, vocabulary=vocabulary,
-                                 strategy="greedy", max_new_tokens=max_new_tokens)
+                                 strategy=strategy, max_new_tokens=max_new_tokens,
+                                 num_beams=num_beams, length_penalty=length_penalty)
   if jax.process_index() == 0:
     print(f"Sample blank: {text}\nModel's fill: {filled}", flush=True)
   return filled
@@ -271,12 +277,20 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
   optimizer, lr_fn = optimizer_fn(total_steps=train_steps)
   trainer = trainer_lib.Trainer(model, partitioner, optimizer, lr_fn, seed=seed,
                                 num_microbatches=num_microbatches, nan_action=nan_action)
+  report = run_report.RunReport(
+      model_dir=model_dir, train_steps=train_steps, sequence_length=sequence_length,
+      mixture_or_task_name=eval_mixture_or_task_name or mixture_or_task_name,
+      eval_input=eval_input or train_input, eval_batch_size=eval_batch_size,
+      eval_steps=eval_steps, enabled=jax.process_index() == 0)
   eval_batches = None
   if eval_period:  # read now: a missing file or split fails before MODEL_DIR is touched
+    baseline = run_report.TargetBaseline(model.config.vocab_size)  # counted once, here
     eval_batches = _eval_batches(eval_input or train_input,
                                  eval_mixture_or_task_name or mixture_or_task_name, eval_split,
                                  sequence_length, eval_batch_size, data_seed, pack, eval_steps,
-                                 partitioner, vocab_spec)
+                                 partitioner, vocab_spec, baseline)
+    if isinstance(model, BlankInfillingModel):  # its accuracy is target-token accuracy
+      report.set_baseline(baseline, vocab_spec)
     if keep_best_metric:
       names = trainer.eval_metric_names(eval_batches[0])
       if keep_best_metric not in names:
@@ -335,11 +349,12 @@ def _check_init_checkpoint(init_checkpoint: str, config) -> None:
 
 
 def _eval_batches(input_fn, name, split, sequence_length, batch_size, seed, pack, steps,
-                  partitioner, vocabulary) -> list:
-  """The evaluation batches (global arrays), read once before training."""
+                  partitioner, vocabulary, baseline: run_report.TargetBaseline) -> list:
+  """The evaluation batches (global arrays), read once before training; `baseline` counts
+  their targets."""
   shard, shards = partitioner.local_batch_slice(batch_size)
   try:
-    batches = [partitioner.shard_batch(b, batch_size) for b in input_fn(
+    batches = [partitioner.shard_batch(baseline.add(b), batch_size) for b in input_fn(
         name, split, sequence_length=sequence_length, batch_size=batch_size, seed=seed,
         shard_index=shard, num_shards=shards, pack=pack, num_batches=steps,
         vocabulary=vocabulary)]
@@ -407,7 +422,7 @@ def _first_batch(batches, name: str, split: str):
 def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_steps, batch_size,
                 sequence_length, vocab_spec, seed, data_seed, nan_action, pack, init_checkpoint,
                 eval_batches, eval_period, log_period, progress_bar, final_hook, partitioner,
-                trainer, manager, lock, keep_best_metric, best_mode, **unused):
+                trainer, manager, lock, keep_best_metric, best_mode, report, **unused):
   """The loop of train(): restore, then step, log, evaluate and save until train_steps."""
   del unused, nan_action
   is_chief = jax.process_index() == 0
@@ -453,7 +468,7 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
                    sequence_length=sequence_length, vocab_spec=vocab_spec,
                    log_period=log_period, progress_bar=progress_bar, eval_batches=eval_batches,
                    eval_period=eval_period, trainer=trainer, partitioner=partitioner,
-                   manager=manager, lock=lock, writer=writer,
+                   manager=manager, lock=lock, writer=writer, report=report,
                    keep_best_metric=keep_best_metric, best_mode=best_mode, is_chief=is_chief,
                    run_dir=run_dir)
   except OSError as e:  # MODEL_DIR's disk is full or gone
@@ -463,23 +478,22 @@ def _train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_st
         "again to resume from it.") from e
   finally:
     writer.close()
-  if final_hook is not None and int(jax.device_get(state.step)) == train_steps:
+  final_step = int(jax.device_get(state.step))
+  if final_hook is not None and final_step == train_steps:
     with partitioner.activate():  # every process, on the run's mesh (files: process 0)
       final_hook(state.params, model.config, vocab_spec)
+  report.print_summary(final_step, stopped=final_step < train_steps)
   return state
 
 
 def _steps(state, first, batches, start_step, next_batch, *, model_dir, model, train_steps,
            batch_size, sequence_length, vocab_spec, log_period, progress_bar, eval_batches,
-           eval_period, trainer, partitioner, manager, lock, writer, keep_best_metric,
+           eval_period, trainer, partitioner, manager, lock, writer, report, keep_best_metric,
            best_mode, is_chief, run_dir):
   """Train steps from start_step + 1 to train_steps (or a SIGTERM); returns the last state."""
   tokens_per_step = batch_size * sequence_length
   flops_per_step = flops.train_flops_per_token(model.config, sequence_length) * tokens_per_step
-  device = jax.devices()[0]
-  peak = flops.device_peak_flops(device)
-  if device.platform != "cpu":  # CPU devices of one host share its cores: one peak
-    peak *= jax.device_count()
+  peak = flops.PeakFlops(jax.devices())  # on CPU re-measured during the run
 
   preemption = _Preemption(manager)
   bar = metrics_writer.ProgressBar(train_steps, start_step, enabled=is_chief and progress_bar)
@@ -514,18 +528,21 @@ def _steps(state, first, batches, start_step, next_batch, *, model_dir, model, t
         if window_start is not None:
           elapsed = max(now - window_start, 1e-9)
           scalars["tokens_per_second"] = tokens_per_step * len(fetched) / elapsed
-          scalars["mfu"] = flops_per_step * len(fetched) / elapsed / peak
+          scalars["mfu"] = peak.mfu(flops_per_step * len(fetched) / elapsed)
         writer.write(state_step, scalars)
+        report.train(scalars)
+        if peak.maybe_reprobe():  # the probe's time is not training time
+          now = time.perf_counter()
         pending, window_start = [], now
       bar.update(1, scalars)
       if eval_batches is not None and (state_step % eval_period == 0 or is_last):
-        results = trainer_lib.evaluate(trainer.eval_step, state.params, eval_batches)
+        results = report.eval(state_step, trainer_lib.evaluate(trainer.eval_step, state.params,
+                                                               eval_batches))
         writer.write(state_step, results)
         if keep_best_metric:
           _keep_if_best(model_dir, keep_best_metric, best_mode, results, state, model.config,
                         vocab_spec)
-        bar.write(f"step {state_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in
-                                                     sorted(results.items())))
+        bar.write(report.eval_line(state_step, results))
         window_start = time.perf_counter()  # evaluation time is not training throughput
       if do_save:
         manager.save(state, next_batch=next_batch, config=model.config, vocab_spec=vocab_spec,
@@ -615,6 +632,5 @@ def define_flags():
 
 
 def cli():
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (seqio) start-up chatter
   define_flags()
   gin_utils.run(main)

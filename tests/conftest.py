@@ -4,6 +4,8 @@ The device count is fixed when JAX starts, so multi-device tests run a subproces
 `multi_device_env(8)` (XLA_FLAGS=--xla_force_host_platform_device_count=8).
 """
 
+import functools
+import importlib.util
 import os
 import shlex
 import subprocess
@@ -84,6 +86,16 @@ def run_script(code: str, env=None, timeout: int = 240):
                         timeout=timeout)
 
 
+@functools.lru_cache(maxsize=None)
+def load_tool(name: str):
+  """The script tools/<name>.py imported as a module (once per session: absl flags)."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "tools",
+                                                                   f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 @pytest.fixture
 def tiny_gin(tmp_path):
   return write_tiny_gin(tmp_path)
@@ -126,6 +138,8 @@ def shared_fixture(*parts):
   return path if os.path.exists(path) else None
 
 
+# A parity test that skips fails the run (tests/parity_guard.py).
+from parity_guard import pytest_configure, pytest_runtest_makereport  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
 # A local GCS: `python -m glm_jax.testing.gcs_emulator` on free ports for the whole session.
 GCS_BUCKET = "glm-test"
 

@@ -1,14 +1,18 @@
 """Corpus cleaning, the shipped built-in corpus and forgiving document reading."""
 
 import gzip
-import json
+import hashlib
 import os
 
 import pytest
 
 from glm_jax.data import corpus
+from conftest import REPO_ROOT, load_tool, shipped_fixture
 
-SOURCE = "/work/shared/data/gutenberg"
+# The 85 raw books are only in ../shared; two small ones ship in tests/fixtures/gutenberg.
+SHARED_SOURCE = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "gutenberg")
+SAMPLE_TRAIN_BOOK = "essays/modest_proposal.txt"
+SAMPLE_VALIDATION_BOOK = "classics/yellow_wallpaper.txt"
 RAW_BOOK = ("\ufeffThe Project Gutenberg eBook of Test\r\n\r\nLicense: see below\r\n"
             "*** START OF THE PROJECT GUTENBERG EBOOK TEST ***\r\n\r\n"
             "CHAPTER I.\r\n\r\nIt was a dark\r\nand stormy night.\r\n\r\n\r\n"
@@ -82,12 +86,46 @@ def test_builtin_assets_small_and_split_by_book():
     assert "\r" not in text and "\ufeff" not in text
 
 
-@pytest.mark.skipif(not os.path.isdir(SOURCE), reason="needs ../shared/data/gutenberg")
+def _shipped_documents(split: str, book: str):
+  """The documents of `book` inside the shipped built-in split (books are concatenated)."""
+  entries = corpus.builtin_manifest()["splits"][split]["books"]
+  start = 0
+  for entry in entries:
+    if entry["book"] == book:
+      docs = list(corpus.read_documents([corpus.builtin_file(split)]))
+      return docs[start:start + entry["documents"]], entry
+    start += entry["documents"]
+  raise KeyError(book)
+
+
+@pytest.mark.parity
+def test_builder_on_shipped_books_reproduces_the_builtin_corpus(tmp_path):
+  """The builder, run on two shipped raw books, writes exactly their part of the corpus."""
+  source, builder = shipped_fixture("gutenberg"), load_tool("build_builtin_corpus")
+  manifest = builder.build(source, str(tmp_path), vocab_size=500,
+                           train_books=[SAMPLE_TRAIN_BOOK],
+                           validation_books=[SAMPLE_VALIDATION_BOOK])
+  for split, book in (("train", SAMPLE_TRAIN_BOOK), ("validation", SAMPLE_VALIDATION_BOOK)):
+    expected, entry = _shipped_documents(split, book)
+    with open(os.path.join(source, book), "rb") as f:
+      assert hashlib.sha256(f.read()).hexdigest() == entry["sha256"]
+    built = manifest["splits"][split]
+    assert built["books"] == [entry]
+    docs = list(corpus.read_documents([str(tmp_path / built["file"])]))
+    assert docs == expected and len(docs) == entry["documents"]
+  assert os.path.exists(tmp_path / manifest["vocabulary"]["file"])
+  with pytest.raises(ValueError, match="two splits"):
+    builder.build(source, str(tmp_path), 500, [SAMPLE_TRAIN_BOOK], [SAMPLE_TRAIN_BOOK])
+
+
+@pytest.mark.full_fixtures
+@pytest.mark.skipif(not os.path.isdir(SHARED_SOURCE),
+                    reason="optional: ../shared/data/gutenberg (the 85 raw books) not present")
 def test_builtin_validation_split_regenerates_from_source():
   manifest = corpus.builtin_manifest()
   expected = []
   for entry in manifest["splits"]["validation"]["books"]:
-    with open(os.path.join(SOURCE, entry["book"]), encoding="utf-8") as f:
+    with open(os.path.join(SHARED_SOURCE, entry["book"]), encoding="utf-8") as f:
       expected += corpus.gutenberg_documents(f.read())
   assert list(corpus.read_documents([corpus.builtin_file("validation")])) == expected
 

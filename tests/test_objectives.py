@@ -10,10 +10,12 @@ import tensorflow as tf
 
 from glm_jax.data import objectives
 from glm_jax.data.special_tokens import BERT_WORDPIECE, FIXTURE_TINY
+from conftest import shipped_fixture
 
-FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "glm_reference"
-if not FIXTURES.exists():
-  FIXTURES = pathlib.Path("/work/shared/fixtures/glm_reference")
+# The reference collator's statistics and literal examples, and the first 300 of its 2000
+# inputs (tests/fixtures/README.md); the full inputs in ../shared are not needed.
+STATS = pathlib.Path(shipped_fixture("glm_reference", "collator_stats_glm_tiny_a.json"))
+INPUTS = pathlib.Path(shipped_fixture("glm_reference", "collator_inputs_glm_tiny_a_300.npz"))
 # BERT ids of `. ? ! ; :` (the sentence ends of the fixture's synthetic data).
 BERT = dataclasses.replace(BERT_WORDPIECE, sentence_end_ids=(1012, 1029, 999, 1025, 1024))
 NUM_STATS_SAMPLES = 300
@@ -166,9 +168,10 @@ def test_document_layout_many_seeds():
   assert 50 < suffix < 75  # 40 multi-document + about half of 40 single-document
 
 
+@pytest.mark.parity
 def test_fixture_examples_layout():
   """The reference's literal examples satisfy the same checker (checker sanity)."""
-  stats = json.loads((FIXTURES / "collator_stats_glm_tiny_a.json").read_text())
+  stats = json.loads(STATS.read_text())
   masks = {"bert": BERT.mask, "sentence": BERT.smask, "gpt": BERT.gmask}
   for mode, mask_id in masks.items():
     for e in stats["modes"][mode]["examples"]:
@@ -263,9 +266,9 @@ def test_construct_example_respects_sequence_length_and_mix():
 
 @pytest.fixture(scope="module")
 def reference():
-  stats = json.loads((FIXTURES / "collator_stats_glm_tiny_a.json").read_text())
-  inputs = np.load(FIXTURES / "collator_inputs_glm_tiny_a.npz")
-  return stats["modes"], inputs["text"][:NUM_STATS_SAMPLES], inputs["multi_doc"]
+  stats = json.loads(STATS.read_text())
+  with np.load(INPUTS) as inputs:
+    return stats["modes"], inputs["text"][:NUM_STATS_SAMPLES], inputs["multi_doc"]
 
 
 def _run_stats(fn, texts, **kwargs):
@@ -275,6 +278,7 @@ def _run_stats(fn, texts, **kwargs):
   return objectives.layout_statistics(ds.as_numpy_iterator())
 
 
+@pytest.mark.parity
 def test_token_statistics_match_reference(reference):
   modes, texts, _ = reference
   ours = _run_stats(objectives.token_infilling, texts)
@@ -288,6 +292,7 @@ def test_token_statistics_match_reference(reference):
   assert ours["unplaced_total"] == 0 and ours["max_span_length"] <= 39
 
 
+@pytest.mark.parity
 def test_sentence_statistics_match_reference(reference):
   modes, texts, _ = reference
   ours = _run_stats(objectives.sentence_infilling, texts)
@@ -298,6 +303,7 @@ def test_sentence_statistics_match_reference(reference):
   assert abs(ours["span_length_mean"] - ref["span_length"]["mean"]) <= 1.5
 
 
+@pytest.mark.parity
 def test_document_statistics_match_reference(reference):
   modes, texts, _ = reference
   ours = _run_stats(objectives.document_infilling, texts)

@@ -10,7 +10,7 @@ from glm_jax import convert
 from glm_jax.model import GLM, GLMConfig, init_params
 from glm_jax.superglue import inputs, patterns, scoring, sources
 from glm_jax.superglue.model import ClozeModel
-from conftest import shipped_fixture
+import reference_cases as ref
 from test_superglue_support import FEWGLUE_DIR, SUPERGLUE_DIR, tiny_vocab
 
 T = 96
@@ -116,10 +116,13 @@ def test_layout_follows_glm_fine_tuning_input(setup):
   assert row["loss_weights"].sum() == len(answer)
 
 
-def test_scores_match_reference_multi_token_cloze():
+@pytest.mark.parity
+@pytest.mark.parametrize("variant", ref.VARIANTS)
+def test_scores_match_reference_multi_token_cloze(variant):
   """Both layouts reproduce the official GLMForMultiTokenClozeFast choice scores."""
-  cases = np.load(shipped_fixture("glm_reference", "cases_glm_tiny_a_cloze.npz"))
-  official = dict(np.load(shipped_fixture("glm_reference", "model_glm_tiny_a.npz")))
+  stress, full = variant
+  cases, _ = ref.cases(stress, full)
+  official = ref.state_dict(stress)
   cfg, params = convert.from_official_state_dict(official, num_heads=4, embedding_dropout=0.0,
                                                  attention_dropout=0.0, hidden_dropout=0.0)
   get = lambda k: cases["multi_token_cloze_fast/" + k]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from glm_jax import checkpoints
@@ -123,6 +124,32 @@ def _wait_for_step(proc, model_dir, step, timeout=240):
     time.sleep(0.005)
   raise AssertionError(f"run did not reach step {step}: {proc.poll()} "
                        f"{proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
+
+
+def test_eval_baseline_and_closing_summary(reference_run):
+  _, model_dir, result = reference_run
+  # The baseline by hand: the share of the most frequent target in the eval batches.
+  from glm_jax import train  # pylint: disable=g-import-not-at-top
+  targets = np.concatenate([b["targets"][b["loss_weights"] > 0] for b in train.synthetic_batches(
+      "synthetic", "validation", sequence_length=32, batch_size=8, seed=0, num_batches=2)])
+  expected = np.bincount(targets).max() / len(targets)
+  evals = [r for r in _metrics(model_dir) if "eval/loss" in r]
+  assert [r["eval/baseline_accuracy"] for r in evals] == pytest.approx([expected] * len(evals))
+  eval_lines = [l for l in result.stdout.splitlines() if l.startswith("step 20:")]
+  assert eval_lines and f"(baseline {expected:.4f}: always id 4)" in eval_lines[0]
+  summary = result.stdout[result.stdout.index("Trained to step 40/40"):]
+  assert f"checkpoint:  {model_dir}/40" in summary
+  assert f"metrics:     {model_dir}/metrics.jsonl" in summary
+  for command in ("python -m glm_jax.plot", "python -m glm_jax.eval", "python -m glm_jax.infer"):
+    assert command in summary
+  # The evaluate command of the summary reproduces the run's last evaluation.
+  args = summary.split("python -m glm_jax.eval ", 1)[1].splitlines()[0].split()
+  again = run_module("glm_jax.eval", args)
+  assert again.returncode == 0, again.stderr[-2000:]
+  printed = {l.split()[0]: float(l.split()[1]) for l in again.stdout.splitlines()
+             if l.startswith("  eval/")}
+  assert printed["eval/loss"] == pytest.approx(evals[-1]["eval/loss"], abs=1e-4)
+  assert printed["eval/baseline_accuracy"] == pytest.approx(expected, abs=1e-4)
 
 
 def test_kill_9_then_resume_is_bitwise_identical(reference_run, tmp_path):

@@ -1,6 +1,6 @@
 """Builds glm_jax/data/builtin/ from the raw Project Gutenberg books, deterministically.
 
-  python tools/build_builtin_corpus.py [--source=/work/shared/data/gutenberg] [--output_dir=DIR]
+  python tools/build_builtin_corpus.py [--source=../shared/data/gutenberg] [--output_dir=DIR]
 
 Writes gutenberg_{train,validation}.txt.gz (one paragraph = one document per line,
 headers/licence stripped), glm_spm_8k.model (SentencePiece, 8000 pieces, trained on the
@@ -21,8 +21,11 @@ from absl import flags
 from glm_jax.data import corpus
 from glm_jax.data import train_vocab
 
-_SOURCE = flags.DEFINE_string("source", "/work/shared/data/gutenberg",
-                              "Directory of the raw Gutenberg books (category/name.txt).")
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SOURCE = flags.DEFINE_string(
+    "source", os.path.join(os.path.dirname(_REPO_ROOT), "shared", "data", "gutenberg"),
+    "Directory of the raw Gutenberg books (category/name.txt); default ../shared beside the "
+    "checkout.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", corpus.BUILTIN_DIR, "Where the assets go.")
 VOCAB_SIZE = 8000
 
@@ -64,16 +67,18 @@ VALIDATION_BOOKS = (
 EXCLUDED_BOOKS = ("historical_documents/doctrina_christiana.txt",)
 
 
-def build(source: str, output: str, vocab_size: int) -> dict:
-  """Writes the assets under `output` and returns the manifest."""
-  if set(TRAIN_BOOKS) & set(VALIDATION_BOOKS) or set(EXCLUDED_BOOKS) & set(
-      TRAIN_BOOKS + VALIDATION_BOOKS):
+def build(source: str, output: str, vocab_size: int, train_books=TRAIN_BOOKS,
+          validation_books=VALIDATION_BOOKS) -> dict:
+  """Writes the assets under `output` and returns the manifest (tests pass a few books)."""
+  train_books, validation_books = tuple(train_books), tuple(validation_books)
+  if set(train_books) & set(validation_books) or set(EXCLUDED_BOOKS) & set(
+      train_books + validation_books):
     raise ValueError("A book is listed in two splits; fix TRAIN_BOOKS / VALIDATION_BOOKS.")
   os.makedirs(output, exist_ok=True)
   manifest = {"source": "Project Gutenberg books of ../shared/data/gutenberg",
               "document": "one paragraph of a book per line", "splits": {}}
   train_documents = []
-  for split, books in (("train", TRAIN_BOOKS), ("validation", VALIDATION_BOOKS)):
+  for split, books in (("train", train_books), ("validation", validation_books)):
     documents, entries = [], []
     for book in books:
       path = os.path.join(source, book)

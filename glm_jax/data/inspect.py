@@ -17,7 +17,10 @@ samples did: windows, sentence-aligned starts and cuts, re-cuts) are reported as
 from __future__ import annotations
 
 import json
-import sys
+
+if __name__ == "__main__":  # the quiet start must come before TensorFlow loads
+  from glm_jax import console  # pylint: disable=g-import-not-at-top
+  console.quiet_startup()
 from typing import Dict, List, Optional, Sequence
 
 from absl import flags

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import io
 import os
+
+if __name__ == "__main__":  # the quiet start must come before TensorFlow loads
+  from glm_jax import console  # pylint: disable=g-import-not-at-top
+  console.quiet_startup()
 from typing import Iterable, Optional, Sequence
 
 from absl import flags
