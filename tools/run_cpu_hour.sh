@@ -17,11 +17,14 @@ mkdir -p "$MODEL_DIR"
 LOG="$MODEL_DIR/cpu_hour.log"
 
 stamp() { date -u '+%Y-%m-%d %H:%M UTC'; }
-echo "== $(stamp): training ($MODEL_DIR)" | tee -a "$LOG"
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+echo "== $(stamp): training ($MODEL_DIR), load average $(load)" | tee -a "$LOG"
 start=$(date +%s)
 python -m glm_jax.train --gin_file=configs/runs/cpu_hour.gin --gin.MODEL_DIR="$MODEL_DIR" \
   2>&1 | tee -a "$LOG"
-train_seconds=$(( $(date +%s) - start ))
+# Wall seconds of every training invocation (a resumed run adds its part).
+echo $(( $(date +%s) - start )) >> "$MODEL_DIR/train_seconds.txt"
+echo "== $(stamp): training done, load average $(load)" | tee -a "$LOG"
 
 echo "== $(stamp): blank infilling on the whole validation split" | tee -a "$LOG"
 python -m glm_jax.eval --gin_file=configs/runs/eval.gin --gin.CHECKPOINT="$MODEL_DIR" \
@@ -52,22 +55,25 @@ python -m glm_jax.infer --checkpoint="$MODEL_DIR" --input_file="$MODEL_DIR/promp
   --output_file="$MODEL_DIR/fills_beam.txt" 2>&1 | tee -a "$LOG"
 
 echo "== $(stamp): rows for docs/quickstart.md" | tee -a "$LOG"
-python - "$MODEL_DIR" "$train_seconds" <<'EOF' | tee -a "$LOG"
+python - "$MODEL_DIR" <<'EOF' | tee -a "$LOG"
 import json, os, sys
-model_dir, seconds = sys.argv[1], int(sys.argv[2])
+model_dir = sys.argv[1]
+parts = [int(l) for l in open(os.path.join(model_dir, "train_seconds.txt")) if l.strip()]
+seconds = sum(parts)
 records = [json.loads(l) for l in open(os.path.join(model_dir, "metrics.jsonl"))]
 evals = [r for r in records if "eval/loss" in r]
 train = [r for r in records if "loss" in r]
 infill = json.load(open(os.path.join(model_dir, "eval_infilling", "metrics.json")))
 lm = json.load(open(os.path.join(model_dir, "eval_lm", "metrics.json")))
-print(f"| training | {train[-1]['step']} steps in {seconds / 60:.1f} min, final train loss "
-      f"{train[-1]['loss']:.3f} |")
+print(f"| training | {train[-1]['step']} steps in {seconds / 60:.1f} min wall "
+      f"({len(parts)} invocation(s)), final train loss {train[-1]['loss']:.3f} |")
 for r in evals:
   print(f"| step {r['step']} | eval/loss {r['eval/loss']:.3f}, eval/accuracy "
         f"{r['eval/accuracy']:.4f} (baseline {r.get('eval/baseline_accuracy', float('nan')):.4f}) |")
 print(f"| whole validation split | loss {infill['eval/loss']:.3f}, accuracy "
       f"{infill['eval/accuracy']:.4f}, baseline {infill['eval/baseline_accuracy']:.4f} |")
 for key in ("lambada/accuracy", "lambada/word_token_ppl", "lambada_uni/accuracy",
+            "lambada_uni/word_token_ppl",
             "wikitext2/bi/token_ppl", "wikitext2/bi/word_ppl", "wikitext2/uni/token_ppl",
             "wikitext2/uni/word_ppl"):
   if key in lm:
