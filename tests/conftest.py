@@ -97,6 +97,15 @@ def load_tool(name: str):
 
 
 @pytest.fixture
+def clean_gin():
+  """An empty gin config before and after the test (use: pytestmark = usefixtures)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+@pytest.fixture
 def tiny_gin(tmp_path):
   return write_tiny_gin(tmp_path)
 

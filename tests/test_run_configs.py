@@ -17,11 +17,7 @@ DOC = os.path.join(REPO_ROOT, "docs", "quickstart.md")
 SCRIPT = os.path.join(REPO_ROOT, "tools", "run_cpu_hour.sh")
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _read(path):

@@ -9,11 +9,7 @@ from glm_jax.superglue import evaluate, inputs, patterns, sources
 from test_superglue_support import SUPERGLUE_DIR
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _parse(*bindings, files=("configs/runs/finetune_superglue.gin",)):

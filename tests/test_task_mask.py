@@ -6,11 +6,7 @@ import pytest
 from glm_jax import task_mask
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def test_mask_of_each_task_follows_the_vocabulary(vocab_paths):
