@@ -183,6 +183,30 @@ class _SaveErrors(std_logging.Filter):
     return errors[-1] if errors else None
 
 
+def _raised_in_orbax(exc_info) -> bool:
+  tb = exc_info[2] if exc_info else None
+  while tb is not None:
+    if "orbax" in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+class _OrphanedWrites(std_logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" for orbax's writes of a failed save.
+
+  A failed save's sibling writes are garbage-collected later, at exit too; the failure itself
+  is reported in one line (CheckpointManager._confirm).
+  """
+
+  def filter(self, record):
+    return not (record.getMessage().startswith("Task exception was never retrieved")
+                and _raised_in_orbax(record.exc_info))
+
+
+_ORPHANED_WRITES = _OrphanedWrites()
+
+
 def keep_count(keep: Optional[int]) -> Optional[int]:
   """Steps KEEP_CHECKPOINTS keeps: None all, 0 only the latest (as 1), else that many."""
   if keep is None:
@@ -210,6 +234,7 @@ class CheckpointManager:
     self._failed = set()  # steps whose save failed: never counted as complete
     self._errors = _SaveErrors()
     std_logging.getLogger("absl").addFilter(self._errors)
+    std_logging.getLogger("asyncio").addFilter(_ORPHANED_WRITES)  # once: a set of filters
     _prepare_model_dir(self.model_dir, model_dir)
     self._manager = self._open(async_save)
 

@@ -174,3 +174,26 @@ def test_unreadable_reason_tells_lost_bytes_from_other_errors():
   for error in (ValueError("Requested shape: (64, 32) is not compatible with the stored shape"),
                 ValueError("UNAVAILABLE: connection reset"), MemoryError(), KeyError("params")):
     assert checkpoints.unreadable_reason(error) is None
+
+
+def test_only_orbax_writes_orphaned_by_a_failed_save_are_silenced():
+  """asyncio's "never retrieved" log of an orbax write is dropped; anything else is kept."""
+  import logging  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  def record(code_file: str, message: str = "Task exception was never retrieved"):
+    namespace = {}
+    exec(compile("def write():\n  raise ValueError('No space left on device')\n", code_file,
+                 "exec"), namespace)
+    try:
+      namespace["write"]()
+    except ValueError:
+      exc_info = sys.exc_info()
+    return logging.LogRecord("asyncio", logging.ERROR, "base_events.py", 1, message, (),
+                             exc_info)
+
+  orphaned = checkpoints._ORPHANED_WRITES  # pylint: disable=protected-access
+  assert not orphaned.filter(record("/site-packages/orbax/checkpoint/serialization.py"))
+  assert orphaned.filter(record("/site-packages/mylib/io.py"))
+  assert orphaned.filter(record("/site-packages/orbax/checkpoint/serialization.py",
+                                "Unclosed client session"))
