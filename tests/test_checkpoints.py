@@ -79,14 +79,20 @@ def test_corrupt_latest_checkpoint_is_skipped_for_the_previous(tmp_path):
   manager.close()
   _corrupt(tmp_path / "4")
   reopened = _manager(tmp_path)
+  resume_at_2_then_save_4(reopened, str(tmp_path),
+                          # The unreadable step is set aside, so step 4 can be saved again.
+                          lambda: any(n.startswith("corrupt_4") for n in os.listdir(tmp_path)))
+
+
+def resume_at_2_then_save_4(reopened, directory: str, check=lambda: True):
+  """Step 4 lost: `reopened` resumes step 2, `check()` holds, a new step 4 saves and loads."""
   state, meta = reopened.restore_latest()
   assert meta["step"] == 2
   _assert_same(state, _state(2))
-  # The unreadable step is set aside, so training can save step 4 again.
-  assert any(name.startswith("corrupt_4") for name in os.listdir(tmp_path))
+  assert check()
   assert reopened.save(_state(4, seed=1), next_batch=4, config=CFG, vocab_spec="builtin")
   reopened.close()
-  params, _, _, step = checkpoints.load_params(str(tmp_path))
+  params, _, _, step = checkpoints.load_params(directory)
   assert step == 4
   _assert_same(params, _state(4, seed=1).params)
 

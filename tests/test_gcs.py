@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 from etils import epath
@@ -63,7 +62,7 @@ def test_cli_prints_the_exports_and_every_client_reaches_the_emulator(gcs, tmp_p
 
 
 def test_checkpoints_on_gcs_use_orbax_commit_markers(gcs):
-  from test_checkpoints import CFG, _assert_same, _manager, _state  # pylint: disable=g-import-not-at-top
+  from test_checkpoints import CFG, _manager, _state, resume_at_2_then_save_4  # pylint: disable=g-import-not-at-top
   run = epath.Path(gcs.url("markers"))
   manager = _manager(str(run))
   for step in (2, 4):
@@ -79,14 +78,7 @@ def test_checkpoints_on_gcs_use_orbax_commit_markers(gcs):
   assert reopened.all_steps() == [2]
   assert not (run / "4").exists()  # the unfinished step is removed, nothing else
   assert all((run / other / "keep.txt").exists() for other in ("tensorboard", "best", "eval"))
-  state, meta = reopened.restore_latest()
-  assert meta["step"] == 2
-  _assert_same(state, _state(2))
-  assert reopened.save(_state(4, seed=1), next_batch=4, config=CFG, vocab_spec="builtin")
-  reopened.close()
-  params, _, _, step = checkpoints.load_params(str(run))
-  assert step == 4
-  _assert_same(params, _state(4, seed=1).params)
+  resume_at_2_then_save_4(reopened, str(run))
 
 
 def _metrics(model_dir):
