@@ -1,7 +1,6 @@
 """get_batches: layout, batch i = f(seed, i), resume without replay, shards, packing, eval,
 prepared corpora, vocabularies, mixtures."""
 
-import os
 import time
 
 import numpy as np
