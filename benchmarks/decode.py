@@ -13,26 +13,15 @@ next to each measurement because this machine's speed drifts.
 """
 
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from glm_jax import console, host_memory  # pylint: disable=g-import-not-at-top,g-multiple-import
-
-host_memory.reexec_with_tuned_malloc()  # before JAX starts: see glm_jax/host_memory.py
+import common  # first: the repository on sys.path, the tuned allocator before JAX starts
 
 from absl import flags
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from glm_jax import decoding  # pylint: disable=g-import-not-at-top
-from glm_jax.data.special_tokens import SpecialTokens  # pylint: disable=g-import-not-at-top
-from glm_jax.model import init_params  # pylint: disable=g-import-not-at-top
-sys.path.insert(0, os.path.dirname(__file__))
-from shapes import load_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from glm_jax import console, flops
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["4l_256", "glm_tiny", "glm_base"],
@@ -47,45 +36,14 @@ flags.DEFINE_boolean("uncached", True, "Also time decoding without the cache.")
 flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
 REFERENCE = {"4l_256": (79.3, 12.6), "glm_base": (4.7, 1.0)}  # new tokens/s: cached, recompute
-# Any ids work for speed; the roles sit at the end of the vocabulary, pad = eos = 0.
-ROLES = ("cls", "unk", "mask", "smask", "gmask", "sop", "eop")
-
-
-def matmul_probe() -> float:
-  """GFLOP/s of a 2048 x 2048 float32 matmul (best of 3)."""
-  a = jnp.ones((2048, 2048), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = min(_timed(lambda: f(a)) for _ in range(3))
-  return 2 * 2048 ** 3 / best / 1e9
-
-
-def _timed(fn) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
 
 
 def bench_model(name: str) -> dict:
-  cfg = load_config(name)
-  params, cfg = decoding.unstack_layers(init_params(cfg, jax.random.PRNGKey(0)), cfg)
-  v = cfg.vocab_size
-  special = SpecialTokens(pad=0, eos=0, **{k: v - 1 - i for i, k in enumerate(ROLES)})
-  rng = np.random.RandomState(0)
-  context = rng.randint(10, v - 20, size=(FLAGS.batch, FLAGS.context)).astype(np.int32)
-  context[:, 0], context[:, -1] = special.cls, special.gmask
-  lengths = np.full((FLAGS.batch,), FLAGS.context, np.int32)
-  masks = np.full((FLAGS.batch, 1), FLAGS.context - 1, np.int32)
   n = FLAGS.new_tokens
-  dc = decoding.DecodeConfig(max_new_tokens=n, min_length=n, max_steps=n)
+  cfg, run = common.greedy_filler(common.load_config(name), FLAGS.batch, FLAGS.context, n)
   result = {"model": name, "layers": cfg.num_layers, "hidden": cfg.hidden_size,
-            "vocab": v, "batch": FLAGS.batch, "context": FLAGS.context, "new_tokens": n}
-
-  def run(use_cache, steps):
-    out = decoding.fill_blanks(params, cfg, special, context, lengths, masks,
-                               decode_config=dc.replace(max_steps=steps), use_cache=use_cache)
-    return out.lengths
-
+            "vocab": cfg.vocab_size, "batch": FLAGS.batch, "context": FLAGS.context,
+            "new_tokens": n}
   for use_cache in ((True, False) if FLAGS.uncached else (True,)):
     steps = n if use_cache or not FLAGS.uncached_steps else min(n, FLAGS.uncached_steps)
     start = time.perf_counter()
@@ -93,8 +51,8 @@ def bench_model(name: str) -> dict:
     compile_s = time.perf_counter() - start
     assert made == steps, (made, steps)
     repeats = FLAGS.repeats if use_cache else 1
-    times = [_timed(lambda: run(use_cache, steps)) for _ in range(repeats)]
-    probe = matmul_probe()
+    times = [common.timed(lambda: run(use_cache, steps)) for _ in range(repeats)]
+    probe = flops.measure_matmul_peak(repeats=3) / 1e9
     key = "cached" if use_cache else "uncached"
     result[key] = {"tokens_per_s": FLAGS.batch * steps / statistics.median(times),
                    "seconds": statistics.median(times), "timed_steps": steps,

@@ -17,24 +17,17 @@ kernel's calls run through jax.nn.dot_product_attention's XLA implementation.
 
 import datetime
 import json
-import os
 import statistics
-import sys
-import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import common  # first: the repository on sys.path, the tuned allocator before JAX starts
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags
-import gin
 import jax
 import numpy as np
 
-from glm_jax import decoding, flops, models, optim, partitioning, trainer as trainer_lib
-from glm_jax.data.special_tokens import SpecialTokens
+from glm_jax import flops, partitioning
 from glm_jax.kernels import cudnn
 from glm_jax.model import GLMConfig
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("smoke", False, "A 2-layer model, short sequences, 2 steps: runs anywhere.")
@@ -48,9 +41,6 @@ flags.DEFINE_integer("context", 256, "Decoding context tokens ([CLS] first, [gMA
 flags.DEFINE_integer("new_tokens", 128, "Greedy new tokens per row.")
 flags.DEFINE_string("output", None, "Also write the JSON here.")
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
-ROLES = ("cls", "unk", "mask", "smask", "gmask", "sop", "eop")
-
 
 def base_config() -> GLMConfig:
   """GLM-Large (or the smoke model) in bf16 with the H100 config's remat, positions for all T."""
@@ -58,25 +48,9 @@ def base_config() -> GLMConfig:
   if FLAGS.smoke:
     cfg = GLMConfig(vocab_size=256, num_layers=2, hidden_size=64, num_heads=4)
   else:
-    gin.clear_config()
-    gin.parse_config_file(os.path.join(CONFIGS, "models", "glm_large.gin"))
-    cfg = GLMConfig()
-    gin.clear_config()
+    cfg = common.load_config("glm_large")
   return cfg.replace(dtype="bfloat16", remat_policy="dots_no_batch", attention_dropout=0.0,
                      max_sequence_length=max(longest, FLAGS.context + FLAGS.new_tokens))
-
-
-def make_batch(cfg: GLMConfig, rows: int, seq: int, seed: int):
-  """A blank-infilling layout with sep = 0.8 T (benchmarks/train_step.py's)."""
-  rng = np.random.RandomState(seed)
-  sep = int(0.8 * seq)
-  tokens = rng.randint(5, cfg.vocab_size, (rows, seq)).astype(np.int32)
-  block = np.where(np.arange(seq) < sep, 0, np.arange(seq) - sep + 1)
-  positions = np.stack([np.tile(np.minimum(np.arange(seq), sep - 1), (rows, 1)),
-                        np.tile(block, (rows, 1))], 1).astype(np.int32)
-  weights = np.tile((np.arange(seq) >= sep).astype(np.float32), (rows, 1))
-  return dict(tokens=tokens, positions=positions, sep=np.full((rows,), sep, np.int32),
-              targets=np.roll(tokens, -1, axis=1), loss_weights=weights)
 
 
 def train_step(cfg: GLMConfig, kernel: str, seq: int, peak: float) -> dict:
@@ -84,51 +58,24 @@ def train_step(cfg: GLMConfig, kernel: str, seq: int, peak: float) -> dict:
   rows = max(FLAGS.tokens // seq, 1)
   partitioner = partitioning.Partitioner(partitioning.MeshConfig(data=1),
                                          devices=jax.devices()[:1])
-  tx, lr = optim.create_optimizer(learning_rate=1e-4, warmup_steps=10, total_steps=1000)
-  trainer = trainer_lib.Trainer(models.BlankInfillingModel(cfg), partitioner, tx, lr)
-  state = trainer.init_state(jax.random.PRNGKey(0))
-  batches = [partitioner.shard_batch(make_batch(cfg, rows, seq, i), rows) for i in range(2)]
-  start = time.perf_counter()
-  state, metrics = trainer.train_step(state, batches[0])
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - start
-  for i in range(FLAGS.warmup_steps):
-    state, metrics = trainer.train_step(state, batches[(i + 1) % 2])
-    jax.block_until_ready(metrics)
-  seconds = []
-  for i in range(FLAGS.steps):
-    start = time.perf_counter()
-    state, metrics = trainer.train_step(state, batches[i % 2])
-    jax.block_until_ready(metrics)
-    seconds.append(time.perf_counter() - start)
-  step_s = statistics.median(seconds)
+  trainer, state = common.create_trainer(cfg, partitioner)
+  batches = [partitioner.shard_batch(common.make_batch(cfg, rows, seq, i), rows)
+             for i in range(2)]
+  run = common.time_train_steps(trainer, state, batches, FLAGS.warmup_steps, FLAGS.steps)
+  step_s = statistics.median(run["seconds"])
   tokens = rows * seq
-  return {"kernel": kernel, "seq_len": seq, "rows": rows, "compile_s": round(compile_s, 1),
-          "step_s": step_s, "tokens_per_s": tokens / step_s,
+  return {"kernel": kernel, "seq_len": seq, "rows": rows,
+          "compile_s": round(run["compile_seconds"], 1), "step_s": step_s, "tokens_per_s": tokens / step_s,
           "mfu": flops.train_flops_per_token(cfg, seq) * tokens / step_s / peak,
-          "loss": float(metrics["loss"])}
+          "loss": float(run["metrics"]["loss"])}
 
 
 def decode(cfg: GLMConfig, batch: int) -> dict:
-  params, cfg = decoding.unstack_layers(
-      models.BlankInfillingModel(cfg).init_params(jax.random.PRNGKey(0)), cfg)
-  v = cfg.vocab_size
-  special = SpecialTokens(pad=0, eos=0, **{k: v - 1 - i for i, k in enumerate(ROLES)})
-  context = np.random.RandomState(0).randint(10, v - 20, (batch, FLAGS.context)).astype(np.int32)
-  context[:, 0], context[:, -1] = special.cls, special.gmask
-  lengths = np.full((batch,), FLAGS.context, np.int32)
-  masks = np.full((batch, 1), FLAGS.context - 1, np.int32)
   n = FLAGS.new_tokens
-  dc = decoding.DecodeConfig(max_new_tokens=n, min_length=n, max_steps=n)
-  run = lambda: decoding.fill_blanks(params, cfg, special, context, lengths, masks,  # pylint: disable=unnecessary-lambda-assignment
-                                     decode_config=dc).lengths
-  jax.block_until_ready(run())  # compile
-  times = []
-  for _ in range(3):
-    start = time.perf_counter()
-    made = int(np.asarray(jax.block_until_ready(run()))[0])
-    times.append(time.perf_counter() - start)
+  _, run = common.greedy_filler(cfg, batch, FLAGS.context, n)
+  made = int(np.asarray(run())[0])  # the compiling call
   assert made == n, (made, n)
+  times = [common.timed(run) for _ in range(3)]
   return {"batch": batch, "context": FLAGS.context, "new_tokens": n,
           "tokens_per_s": batch * n / statistics.median(times),
           "seconds": statistics.median(times)}

@@ -9,25 +9,15 @@ position and block-position tables plus vocab x hidden (glm_jax.flops.matmul_par
 """
 
 import json
-import os
 import statistics
-import sys
-import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from glm_jax import console, host_memory  # pylint: disable=g-import-not-at-top,g-multiple-import
-
-host_memory.reexec_with_tuned_malloc()  # before JAX starts: see glm_jax/host_memory.py
+import common  # first: the repository on sys.path, the tuned allocator before JAX starts
 
 from absl import flags
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from glm_jax import flops, losses  # pylint: disable=g-import-not-at-top,g-multiple-import
-from glm_jax.model import GLM, GLMConfig, init_params  # pylint: disable=g-import-not-at-top
-sys.path.insert(0, os.path.dirname(__file__))
-import shapes  # pylint: disable=g-import-not-at-top,wrong-import-position
+from glm_jax import console, flops, losses
+from glm_jax.model import GLM, init_params
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["glm_tiny", "glm_base"], "Model presets in configs/models.")
@@ -40,29 +30,12 @@ flags.DEFINE_string("dtype", "float32", "Compute dtype.")
 flags.DEFINE_string("remat", "dots_no_batch", "Remat policy (dots_no_batch: fastest on this CPU).")
 flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
-def load_config(name: str) -> GLMConfig:
-  return shapes.load_config(name, dtype=FLAGS.dtype, remat_policy=FLAGS.remat,
-                            embedding_dropout=0.1,
-                            attention_dropout=0.1, hidden_dropout=0.1)
-
-
-def make_batch(cfg: GLMConfig, batch: int, seq: int):
-  rng = np.random.RandomState(0)
-  sep = int(0.8 * seq)
-  tokens = rng.randint(0, cfg.vocab_size, (batch, seq)).astype(np.int32)
-  pos = np.tile(np.arange(seq), (batch, 1))
-  block = np.where(np.arange(seq) < sep, 0, np.arange(seq) - sep + 1)
-  positions = np.stack([np.minimum(pos, sep - 1), np.tile(block, (batch, 1))], 1)
-  weights = (np.arange(seq) >= sep).astype(np.float32)[None].repeat(batch, 0)
-  return dict(tokens=tokens, positions=positions.astype(np.int32),
-              sep=np.full((batch,), sep, np.int32), targets=tokens,
-              loss_weights=weights)
-
 
 def bench(name: str):
-  cfg = load_config(name)
+  cfg = common.load_config(name, dtype=FLAGS.dtype, remat_policy=FLAGS.remat,
+                           **common.REFERENCE_DROPOUT)
   params = init_params(cfg, jax.random.PRNGKey(0))
-  batch = jax.device_put(make_batch(cfg, FLAGS.batch, FLAGS.seq_len))
+  batch = jax.device_put(common.make_batch(cfg, FLAGS.batch, FLAGS.seq_len, 0))
   model = GLM(cfg)
 
   def loss_fn(p, b, rng):
@@ -82,9 +55,7 @@ def bench(name: str):
   mfus, tps, probes = [], [], []
   for i in range(FLAGS.steps):
     probe = flops.measure_matmul_peak(repeats=3)
-    start = time.perf_counter()
-    jax.block_until_ready(step(params, batch, jax.random.fold_in(rng, i)))
-    seconds = time.perf_counter() - start
+    seconds = common.timed(lambda i=i: step(params, batch, jax.random.fold_in(rng, i)))
     probes.append(probe)
     tps.append(tokens / seconds)
     mfus.append(step_flops / seconds / probe)

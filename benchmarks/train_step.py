@@ -10,26 +10,13 @@ time / probe FLOP/s, N from glm_jax.flops.matmul_params.
 """
 
 import json
-import os
 import statistics
-import sys
-import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from glm_jax import console, host_memory  # pylint: disable=g-import-not-at-top,g-multiple-import
-
-host_memory.reexec_with_tuned_malloc()  # before JAX starts: see glm_jax/host_memory.py
+import common  # first: the repository on sys.path, the tuned allocator before JAX starts
 
 from absl import flags
-import jax
-import numpy as np
 
-# pylint: disable=g-import-not-at-top
-from glm_jax import flops, models, optim, partitioning, trainer as trainer_lib
-from glm_jax.model import GLMConfig
-sys.path.insert(0, os.path.dirname(__file__))
-import shapes
-# pylint: enable=g-import-not-at-top
+from glm_jax import console, flops, partitioning
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["glm_tiny", "4l_256", "glm_base"],
@@ -44,62 +31,26 @@ flags.DEFINE_string("dtype", "float32", "Compute dtype.")
 flags.DEFINE_string("remat", "dots_no_batch", "Remat policy (dots_no_batch: fastest on this CPU).")
 flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
-def load_config(name: str) -> GLMConfig:
-  # Dropout 0.1 everywhere, as the reference's measured training step.
-  return shapes.load_config(name, dtype=FLAGS.dtype, remat_policy=FLAGS.remat,
-                            embedding_dropout=0.1, attention_dropout=0.1, hidden_dropout=0.1)
-
-
-def make_batch(cfg: GLMConfig, batch: int, seq: int, seed: int):
-  """A blank-infilling layout with sep = 0.8 T (the reference collator's typical split)."""
-  rng = np.random.RandomState(seed)
-  sep = int(0.8 * seq)
-  tokens = rng.randint(5, cfg.vocab_size, (batch, seq)).astype(np.int32)
-  block = np.where(np.arange(seq) < sep, 0, np.arange(seq) - sep + 1)
-  positions = np.stack([np.tile(np.minimum(np.arange(seq), sep - 1), (batch, 1)),
-                        np.tile(block, (batch, 1))], 1).astype(np.int32)
-  weights = np.tile((np.arange(seq) >= sep).astype(np.float32), (batch, 1))
-  targets = np.roll(tokens, -1, axis=1)
-  return dict(tokens=tokens, positions=positions, sep=np.full((batch,), sep, np.int32),
-              targets=targets, loss_weights=weights)
-
 
 def bench(name: str) -> dict:
-  cfg = load_config(name)
+  cfg = common.load_config(name, dtype=FLAGS.dtype, remat_policy=FLAGS.remat,
+                           **common.REFERENCE_DROPOUT)
   partitioner = partitioning.Partitioner(partitioning.MeshConfig())
-  tx, lr = optim.create_optimizer(learning_rate=1e-4, warmup_steps=10, total_steps=1000)
-  trainer = trainer_lib.Trainer(models.BlankInfillingModel(cfg), partitioner, tx, lr,
-                                num_microbatches=FLAGS.microbatches)
-  state = trainer.init_state(jax.random.PRNGKey(0))
-  batches = [partitioner.shard_batch(make_batch(cfg, FLAGS.batch, FLAGS.seq_len, i), FLAGS.batch)
-             for i in range(2)]
-  start = time.perf_counter()
-  state, metrics = trainer.train_step(state, batches[0])
-  jax.block_until_ready(metrics)
-  compile_seconds = time.perf_counter() - start
-  for i in range(FLAGS.warmup_steps):
-    state, metrics = trainer.train_step(state, batches[(i + 1) % 2])
-    jax.block_until_ready(metrics)
+  trainer, state = common.create_trainer(cfg, partitioner, FLAGS.microbatches)
+  batches = [partitioner.shard_batch(common.make_batch(cfg, FLAGS.batch, FLAGS.seq_len, i),
+                                     FLAGS.batch) for i in range(2)]
+  run = common.time_train_steps(trainer, state, batches, FLAGS.warmup_steps, FLAGS.steps,
+                                probe=lambda: flops.measure_matmul_peak(repeats=3))
   tokens = FLAGS.batch * FLAGS.seq_len
   step_flops = flops.train_flops_per_token(cfg, FLAGS.seq_len) * tokens
-  mfus, tps, probes, seconds_all = [], [], [], []
-  for i in range(FLAGS.steps):
-    probe = flops.measure_matmul_peak(repeats=3)
-    start = time.perf_counter()
-    state, metrics = trainer.train_step(state, batches[i % 2])
-    jax.block_until_ready(metrics)
-    seconds = time.perf_counter() - start
-    probes.append(probe)
-    seconds_all.append(seconds)
-    tps.append(tokens / seconds)
-    mfus.append(step_flops / seconds / probe)
+  mfus = [step_flops / s / p for s, p in zip(run["seconds"], run["probes"])]
   return dict(model=name, seq_len=FLAGS.seq_len, batch=FLAGS.batch, dtype=FLAGS.dtype,
-              matmul_params=flops.matmul_params(cfg), compile_seconds=compile_seconds,
-              step_seconds_median=statistics.median(seconds_all),
-              tokens_per_second_median=statistics.median(tps),
-              probe_gflops_median=statistics.median(probes) / 1e9,
+              matmul_params=flops.matmul_params(cfg), compile_seconds=run["compile_seconds"],
+              step_seconds_median=statistics.median(run["seconds"]),
+              tokens_per_second_median=statistics.median(tokens / s for s in run["seconds"]),
+              probe_gflops_median=statistics.median(run["probes"]) / 1e9,
               mfu_median=statistics.median(mfus), mfu_max=max(mfus),
-              mfu_all=[round(m, 3) for m in mfus], loss=float(metrics["loss"]))
+              mfu_all=[round(m, 3) for m in mfus], loss=float(run["metrics"]["loss"]))
 
 
 def main(argv):
