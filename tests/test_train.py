@@ -129,9 +129,10 @@ def _wait_for_step(proc, model_dir, step, timeout=240):
 def test_eval_baseline_and_closing_summary(reference_run):
   _, model_dir, result = reference_run
   # The baseline by hand: the share of the most frequent target in the eval batches.
-  from glm_jax import train  # pylint: disable=g-import-not-at-top
-  targets = np.concatenate([b["targets"][b["loss_weights"] > 0] for b in train.synthetic_batches(
-      "synthetic", "validation", sequence_length=32, batch_size=8, seed=0, num_batches=2)])
+  from glm_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  batches = synthetic.synthetic_batches("synthetic", "validation", sequence_length=32,
+                                        batch_size=8, seed=0, num_batches=2)
+  targets = np.concatenate([b["targets"][b["loss_weights"] > 0] for b in batches])
   expected = np.bincount(targets).max() / len(targets)
   evals = [r for r in _metrics(model_dir) if "eval/loss" in r]
   assert [r["eval/baseline_accuracy"] for r in evals] == pytest.approx([expected] * len(evals))
