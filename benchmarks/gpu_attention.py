@@ -25,12 +25,12 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app, flags
+from absl import flags
 import gin
 import jax
 import numpy as np
 
-from glm_jax import decoding, flops, models, optim, partitioning, trainer as trainer_lib
+from glm_jax import decoding, flops, gin_utils, models, optim, partitioning, trainer as trainer_lib
 from glm_jax.data.special_tokens import SpecialTokens
 from glm_jax.kernels import cudnn
 from glm_jax.model import GLMConfig
@@ -172,4 +172,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  gin_utils.run(main)

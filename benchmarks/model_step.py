@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from glm_jax import console, host_memory  # pylint: disable=g-import-not-at-top,g-multiple-import
+from glm_jax import gin_utils, host_memory  # pylint: disable=g-import-not-at-top,g-multiple-import
 
 host_memory.reexec_with_tuned_malloc()  # before JAX starts: see glm_jax/host_memory.py
 
@@ -107,4 +107,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  console.run(main)
+  gin_utils.run(main)

@@ -26,17 +26,15 @@ if __name__ == "__main__":
   sys.exit(0)
 from typing import Callable, Optional
 
-from absl import flags, logging
+from absl import logging
 import gin
 import jax
 
-from glm_jax import checkpoints, distributed, gin_utils, loop, optim, partitioning, paths
+from glm_jax import checkpoints, gin_utils, loop, optim, partitioning, paths
 from glm_jax import run_report, settings
 from glm_jax import trainer as trainer_lib
 from glm_jax.data import corpus, synthetic
 from glm_jax.models import BaseModel, BlankInfillingModel
-
-FLAGS = flags.FLAGS
 
 
 @gin.configurable
@@ -243,18 +241,5 @@ def _check_compatible(found, expected, path: str) -> None:
                      " use the model gin file the checkpoint was made with.")
 
 
-def main(argv):
-  gin_utils.begin_cli(argv, "--gin_file, --gin.NAME=VALUE")
-  distributed.initialize()
-  gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
-  train()  # pylint: disable=no-value-for-parameter
-
-
-def define_flags():
-  gin_utils.define_flags()
-  distributed.define_flags()
-
-
 def cli():
-  define_flags()
-  gin_utils.run(main)
+  gin_utils.gin_cli(train)

@@ -207,7 +207,7 @@ def test_nan_stop_keeps_the_last_good_checkpoint_and_skip_carries_on(tmp_path):
   result = run_module("glm_jax.train", _train_args(gin_file, stop_dir, "--gin.NAN_ACTION='stop'"))
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("Error: Non-finite loss") and "last checkpoint: step 1" in last
+  assert last.startswith("error: Non-finite loss") and "last checkpoint: step 1" in last
   assert [r["step"] for r in checkpoints.describe(str(stop_dir))] == [1]
 
   skip_dir = tmp_path / "skip"
@@ -316,11 +316,11 @@ def test_prepared_corpus_kill_9_then_resume_is_bitwise_identical(prepared_refere
 
 
 def _error_line(result):
-  """The one `Error:` line of a run refused for its input (exit 2, docs/faults.md)."""
+  """The one `error:` line of a run refused for its input (exit 2, docs/faults.md)."""
   assert result.returncode == 2, result.stderr[-2000:]
   assert "Traceback" not in result.stderr, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("Error: "), last
+  assert last.startswith("error: "), last
   return last
 
 
