@@ -81,4 +81,3 @@ def keep_if_best(model_dir, metric, mode, results, state, config, vocab_spec) ->
   if jax.process_index() == 0:
     paths.write_json(record_path, {"metric": metric, "value": value, "mode": mode, "step": step})
   return True
-

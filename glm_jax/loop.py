@@ -28,7 +28,6 @@ def _fetch(tree):
   return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-
 def eval_batches(input_fn, name, split, sequence_length, batch_size, seed, pack, steps,
                  partitioner, vocabulary, baseline: run_report.TargetBaseline) -> list:
   """The evaluation batches (global arrays), read once before training; `baseline` counts
@@ -267,4 +266,3 @@ def _check_nonfinite(fetched, nan_action: str, step: int, manager, bar) -> None:
         "NAN_ACTION='skip'.")
   bar.write(f"Skipped {len(bad)} update(s) with a non-finite loss or gradient before step "
             f"{step}.")
-

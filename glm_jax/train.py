@@ -9,7 +9,8 @@ Restore order: latest checkpoint in MODEL_DIR (with the data position), else INI
 may be local or gs://. SIGTERM (a preemption notice) saves a checkpoint and exits cleanly;
 in multi-process runs at the step JAX's preemption sync point agrees on. Multi-host:
 --coordinator_address/--num_processes/--process_id, or --multihost_auto (JAX's detection of
-Cloud TPU pods and SLURM).
+Cloud TPU pods and SLURM). Here: train()'s checks and the CLI; the loop is glm_jax/loop.py,
+its hooks (SIGTERM, MODEL_DIR/best, the sample fill) glm_jax/hooks.py.
 """
 
 from __future__ import annotations
@@ -62,8 +63,6 @@ def check_input_settings(values: Optional[dict] = None) -> None:
                     0.0, 1.0, high_open=False)
 
 
-
-
 @gin.configurable
 def default_vocabulary(init_checkpoint: Optional[str] = None) -> str:
   """The VOCABULARY of a run that names none: INIT_CHECKPOINT's, else 'builtin'."""
@@ -103,7 +102,6 @@ def check_vocabulary(vocab_spec: str, config, init_checkpoint: Optional[str] = N
       raise ValueError(f"{kind} {path} was trained with vocabulary {stored!r} but VOCABULARY "
                        f"is {vocab_spec!r}; leave VOCABULARY unset (it defaults to "
                        f"INIT_CHECKPOINT's) or set VOCABULARY = '{stored}'.")
-
 
 
 # The shortest sequence a GLM sample fits in ([CLS], a word, [MASK], sop, a span token, eop).
@@ -228,7 +226,6 @@ def _check_init_checkpoint(init_checkpoint: str, config) -> None:
     raise FileNotFoundError(f"INIT_CHECKPOINT {init_checkpoint!r} does not exist; pass a "
                             "params-only checkpoint, a step directory or a MODEL_DIR.")
   _check_compatible(checkpoints.read_config(init_checkpoint)[0], config, init_checkpoint)
-
 
 
 def _check_compatible(found, expected, path: str) -> None:

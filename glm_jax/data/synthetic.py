@@ -61,4 +61,3 @@ def _synthetic_row(rng, length: int, vocab: int) -> Dict[str, np.ndarray]:
   positions[1, sep:used] = np.arange(1, span + 2)
   return {"tokens": tokens, "positions": positions, "sep": np.int32(sep), "targets": targets,
           "loss_weights": weights}
-
