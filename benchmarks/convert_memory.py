@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -127,4 +126,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+  from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.run(main)

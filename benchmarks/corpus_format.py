@@ -22,11 +22,11 @@ import shutil
 import sys
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
 from glm_jax.data import prepared  # pylint: disable=g-import-not-at-top
 from glm_jax.data import samples  # pylint: disable=g-import-not-at-top
 from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
@@ -88,7 +88,7 @@ def _draw(split, special, is_end, count: int) -> float:
 def main(argv):
   del argv
   if not _CORPUS.value:
-    sys.exit("Pass --corpus=DIR (a prepared corpus, python -m glm_jax.data.prepare).")
+    raise ValueError("Pass --corpus=DIR (a prepared corpus, python -m glm_jax.data.prepare).")
   source = prepared.PreparedCorpus(_CORPUS.value)
   train = source.split("train")
   dtype = np.dtype(source.manifest["vocabulary"]["token_dtype"])
@@ -156,4 +156,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  gin_utils.run(main)

@@ -34,7 +34,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from glm_jax import console  # pylint: disable=g-import-not-at-top
+from glm_jax import console, gin_utils  # pylint: disable=g-import-not-at-top,g-multiple-import
 console.quiet_startup()  # before TensorFlow loads
 
 from absl import flags  # pylint: disable=g-import-not-at-top
@@ -214,11 +214,12 @@ def main(argv):
   tf.config.threading.set_inter_op_parallelism_threads(1)
   special = dataclasses.replace(BERT_WORDPIECE, sentence_end_ids=(1012, 1029, 999, 1025, 1024))
   if not os.path.exists(_INPUTS.value):
-    sys.exit(f"--inputs {_INPUTS.value} does not exist; pass the npz of raw samples "
-             "(collator_inputs_glm_tiny_a*.npz of the glm_reference fixtures).")
+    raise FileNotFoundError(f"--inputs {_INPUTS.value} does not exist; pass the npz of raw "
+                            "samples (collator_inputs_glm_tiny_a*.npz of the glm_reference "
+                            "fixtures).")
   texts = np.load(_INPUTS.value)["text"]
   if not 8 <= _RAW_LENGTH.value <= texts.shape[1]:
-    sys.exit(f"--raw_length must be between 8 and {texts.shape[1]}, the inputs' length.")
+    raise ValueError(f"--raw_length must be between 8 and {texts.shape[1]}, the inputs' length.")
   texts = texts[:, :_RAW_LENGTH.value].astype(np.int32)
   if _STATS.value:
     return _reference_stats(texts, special)
@@ -241,4 +242,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  console.run(main)
+  gin_utils.run(main)

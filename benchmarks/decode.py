@@ -21,7 +21,7 @@ import common  # first: the repository on sys.path, the tuned allocator before J
 from absl import flags
 import numpy as np
 
-from glm_jax import console, flops
+from glm_jax import flops, gin_utils
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["4l_256", "glm_tiny", "glm_base"],
@@ -85,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  console.run(main)
+  gin_utils.run(main)

@@ -21,11 +21,11 @@ import statistics
 
 import common  # first: the repository on sys.path, the tuned allocator before JAX starts
 
-from absl import app, flags
+from absl import flags
 import jax
 import numpy as np
 
-from glm_jax import flops, partitioning
+from glm_jax import flops, gin_utils, partitioning
 from glm_jax.kernels import cudnn
 from glm_jax.model import GLMConfig
 
@@ -119,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  gin_utils.run(main)

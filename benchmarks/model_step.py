@@ -16,7 +16,7 @@ import common  # first: the repository on sys.path, the tuned allocator before J
 from absl import flags
 import jax
 
-from glm_jax import console, flops, losses
+from glm_jax import flops, gin_utils, losses
 from glm_jax.model import GLM, init_params
 
 FLAGS = flags.FLAGS
@@ -78,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  console.run(main)
+  gin_utils.run(main)

@@ -16,7 +16,7 @@ import common  # first: the repository on sys.path, the tuned allocator before J
 
 from absl import flags
 
-from glm_jax import console, flops, partitioning
+from glm_jax import flops, gin_utils, partitioning
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["glm_tiny", "4l_256", "glm_base"],
@@ -66,4 +66,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  console.run(main)
+  gin_utils.run(main)

@@ -4,7 +4,7 @@ TensorFlow (loaded by seqio for the data pipeline) writes its start-up lines thr
 logging before that logging is initialised, so TF_CPP_MIN_LOG_LEVEL does not hide them
 (`All log messages before absl::InitializeLog() ...`, oneDNN, `Could not find cuda
 drivers`, and on a machine without a GPU `failed call to cuInit ... (303)`). `quiet_startup()`,
-called first by every entry point (through `run()`), therefore:
+called first by every entry point (through `glm_jax.gin_utils.run`), therefore:
 - sets TF_CPP_MIN_LOG_LEVEL=2 (TensorFlow's later INFO and WARNING lines) unless set;
 - imports TensorFlow, whenever something first imports it, with stderr captured, and
   writes back every captured line except the known start-up lines (NOISE below): errors
@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import tempfile
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator
 
 # Start-up lines of TensorFlow and its CUDA stubs that say nothing about the user's run.
 NOISE = tuple(re.compile(p) for p in (
@@ -117,19 +117,3 @@ def quiet_startup() -> None:
   if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
     sys.meta_path.insert(0, _QuietTensorFlowFinder())
 
-
-def run(main: Callable, argv: Optional[Sequence[str]] = None) -> None:
-  """absl's app.run(main) after quiet_startup(): the start of every command-line tool.
-
-  absl INFO logging is off unless --verbosity is given: orbax and seqio log at INFO on every
-  save, load and dataset they build; warnings still show.
-  """
-  quiet_startup()
-  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
-
-  def quiet_main(args):
-    if not flags.FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.WARNING)
-    return main(args)
-
-  app.run(quiet_main, argv=None if argv is None else list(argv))

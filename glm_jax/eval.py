@@ -31,15 +31,12 @@ if __name__ == "__main__":
   _eval_module.cli()
   sys.exit(0)
 
-from absl import flags  # pylint: disable=g-import-not-at-top
 import gin  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 
-from glm_jax import checkpoints, distributed, gin_utils, partitioning, paths, run_report, settings  # pylint: disable=g-import-not-at-top,g-multiple-import
+from glm_jax import checkpoints, gin_utils, partitioning, paths, run_report, settings  # pylint: disable=g-import-not-at-top,g-multiple-import
 from glm_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 from glm_jax.models import BlankInfillingModel  # pylint: disable=g-import-not-at-top
-
-FLAGS = flags.FLAGS
 
 
 def default_output_dir(checkpoint: str) -> str:
@@ -148,14 +145,5 @@ def evaluate_checkpoint(*, checkpoint: str = gin.REQUIRED,
   return results
 
 
-def main(argv):
-  gin_utils.begin_cli(argv, "--gin_file, --gin.NAME=VALUE")
-  distributed.initialize()
-  gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
-  evaluate_checkpoint()  # pylint: disable=no-value-for-parameter
-
-
 def cli():
-  gin_utils.define_flags()
-  distributed.define_flags()
-  gin_utils.run(main)
+  gin_utils.gin_cli(evaluate_checkpoint)

@@ -301,13 +301,13 @@ def exit_code(error: BaseException) -> int:
 
 
 def exit_with_error(error: BaseException) -> None:
-  """Prints `Error: <one line>` to stderr and exits 2 (input) or 1 (a fault during a run).
+  """Prints `error: <one line>` to stderr and exits 2 (input) or 1 (a fault during a run).
 
   GLM_JAX_TRACEBACK=1 raises the error instead (its traceback).
   """
   if os.environ.get("GLM_JAX_TRACEBACK"):
     raise error
-  print(f"Error: {one_line(error)}", file=sys.stderr, flush=True)
+  print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
   sys.exit(exit_code(error))
 
 
@@ -319,22 +319,25 @@ _EXPECTED = (ValueError, FileNotFoundError, FloatingPointError, RunFault, TypeEr
 def _unexpected(error: BaseException) -> None:
   if os.environ.get("GLM_JAX_TRACEBACK"):
     raise error
-  print(f"Error: {type(error).__name__}: {_first_line(error)} (unexpected; run again with "
+  print(f"error: {type(error).__name__}: {_first_line(error)} (unexpected; run again with "
         "GLM_JAX_TRACEBACK=1 for the traceback)", file=sys.stderr, flush=True)
   sys.exit(EXIT_FAULT)
 
 
 def guarded(main: Callable) -> Callable:
-  """`main(argv)` with every exception turned into one `Error:` line (exit 2 or 1)."""
+  """`main(argv)` with every exception turned into one `error:` line (exit 2, 1; 130 on
+  Ctrl-C), absl INFO logging off unless --verbosity is given."""
 
   @functools.wraps(main)
   def run_main(argv):
+    if not flags.FLAGS["verbosity"].present:  # orbax and seqio log at INFO on every save, load
+      logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except SystemExit:
       raise
     except KeyboardInterrupt:
-      print("Error: interrupted.", file=sys.stderr, flush=True)
+      print("error: interrupted.", file=sys.stderr, flush=True)
       sys.exit(130)
     except _EXPECTED as e:
       exit_with_error(e)
@@ -345,11 +348,11 @@ def guarded(main: Callable) -> Callable:
 
 
 def parse_flags(argv: Sequence[str]) -> List[str]:
-  """absl's flag parsing with a bad or missing flag as one `Error:` line (exit 2)."""
+  """absl's flag parsing with a bad or missing flag as one `error:` line (exit 2)."""
   try:
     return flags.FLAGS(list(argv))
   except flags.Error as e:
-    print(f"Error: {_first_line(e)} (see --helpfull).", file=sys.stderr, flush=True)
+    print(f"error: {_first_line(e)} (see --helpfull).", file=sys.stderr, flush=True)
     sys.exit(EXIT_USAGE)
 
 
@@ -386,27 +389,39 @@ def quiet_late_callbacks() -> None:
 
 
 def run(main: Callable, argv: Optional[Sequence[str]] = None) -> None:
-  """The quiet start (glm_jax.console), then app.run with --gin.NAME=VALUE support and the
-  one-line errors of every CLI."""
+  """The start of every command-line tool: the quiet start (glm_jax.console), then app.run
+  with --gin.NAME=VALUE support and the one-line errors (`error: ...`, exit 2 / 1)."""
   console.quiet_startup()
   quiet_late_callbacks()
   argv = list(sys.argv if argv is None else argv)
   try:
     argv = rewrite_gin_args(argv)
   except ValueError as e:
-    print(f"Error: {e}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    exit_with_error(e)
   app.run(guarded(main), argv=argv, flags_parser=parse_flags)
 
 
 def begin_cli(argv: Sequence[str], options: str) -> None:
-  """Common start of a CLI's main: no positional arguments; absl INFO off unless asked.
+  """Common start of a CLI's main: no positional arguments.
 
   `options` names typical flags for the error message, e.g. '--gin_file, --gin.NAME=VALUE'.
-  Orbax and seqio log at INFO on every save and load; --verbosity brings them back.
   """
   if len(argv) > 1:
     exit_with_error(ValueError(f"Unexpected arguments {list(argv[1:])}; every option is a flag "
                                f"({options}, ...)."))
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+
+
+def gin_cli(fn: Callable[[], object]) -> None:
+  """`python -m` of a gin-configured entry point (train, eval): the gin and multi-host flags,
+  then `fn()` under the parsed config, with the one-line errors of `run`."""
+  from glm_jax import distributed  # pylint: disable=g-import-not-at-top
+  define_flags()
+  distributed.define_flags()
+
+  def main(argv):
+    begin_cli(argv, "--gin_file, --gin.NAME=VALUE")
+    distributed.initialize()
+    parse_gin(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings, flags.FLAGS.gin_search_paths)
+    fn()
+
+  run(main)

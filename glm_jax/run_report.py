@@ -22,7 +22,7 @@ import numpy as np
 
 BASELINE_KEY = "eval/baseline_accuracy"
 DEFAULT_PROMPT = "The old man looked out of the [MASK] and saw the sea."
-SAMPLE_MAX_NEW_TOKENS = 16  # train.print_sample_fill's default
+SAMPLE_MAX_NEW_TOKENS = 16  # hooks.print_sample_fill's default
 EVAL_GIN_INPUT = "@train.task_batches"  # configs/runs/eval.gin's EVAL_INPUT
 
 
@@ -77,7 +77,7 @@ def token_label(vocab_spec: str, token_id: int) -> str:
 
 def _sample_setting(name: str, default):
   try:
-    return gin.query_parameter(f"train.print_sample_fill.{name}")
+    return gin.query_parameter(f"hooks.print_sample_fill.{name}")
   except ValueError:
     return default
 

@@ -117,7 +117,7 @@ def main(argv):
     commands = build_commands(_NUM_PROCESSES.value, port, _DEVICES_PER_PROCESS.value,
                               train_args, _PYTHON.value)
   except ValueError as e:
-    print(f"Error: {e}", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if _DRY_RUN.value:
     for env, command in commands:

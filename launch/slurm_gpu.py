@@ -84,7 +84,7 @@ def main(argv):
                           account=_ACCOUNT.value, cpus_per_task=_CPUS.value,
                           python=_PYTHON.value)
   except ValueError as e:
-    print(f"Error: {e}", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if _DRY_RUN.value:
     print(script)
@@ -97,7 +97,7 @@ def main(argv):
   try:
     subprocess.run(["sbatch", f.name], check=True)
   except (subprocess.CalledProcessError, FileNotFoundError) as e:
-    print(f"Error: sbatch failed ({e}); the script is {f.name}.", file=sys.stderr)
+    print(f"error: sbatch failed ({e}); the script is {f.name}.", file=sys.stderr)
     sys.exit(1)
 
 

@@ -161,7 +161,7 @@ def main(argv):
         queued=_QUEUED.value, spot=_SPOT.value, jax_spec=_JAX_SPEC.value,
         background=_BACKGROUND.value, env=_ENV.value)
   except ValueError as e:
-    print(f"Error: {e}", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   for command in commands:
     print(shlex.join(command), flush=True)
@@ -173,7 +173,7 @@ def main(argv):
       else:
         subprocess.run(command, check=True)
     except (subprocess.CalledProcessError, RuntimeError, FileNotFoundError) as e:
-      print(f"Error: {e}", file=sys.stderr)
+      print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
 
 

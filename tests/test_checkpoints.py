@@ -137,7 +137,7 @@ def test_cli_lists_steps_parameter_counts_and_digests(tmp_path):
   assert rows[1][2] == checkpoints.params_digest(_state(4).params)
   missing = run_module("glm_jax.checkpoints", [f"--model_dir={tmp_path}/nope"], timeout=120)
   assert missing.returncode == 2
-  assert missing.stderr.strip().splitlines()[-1].startswith("Error: MODEL_DIR")
+  assert missing.stderr.strip().splitlines()[-1].startswith("error: MODEL_DIR")
   assert len(missing.stderr.strip().splitlines()) == 1
 
 

@@ -281,7 +281,7 @@ def _cli(*args):
 
 def _error_line(result):
   assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-  lines = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1, result.stderr[-2000:]
   return lines[0]
 

@@ -4,6 +4,8 @@ before anything is written to MODEL_DIR. Faults during a run are in test_faults.
 
 import json
 import os
+import subprocess
+import sys
 
 import gin
 import numpy as np
@@ -14,14 +16,15 @@ from glm_jax import train as train_lib
 from glm_jax.model import GLMConfig
 from glm_jax.superglue import sources
 
-from conftest import multi_device_env, run_module, shipped_fixture, write_damaged_corpora
+from conftest import REPO_ROOT, multi_device_env, run_module, shipped_fixture
+from conftest import write_damaged_corpora
 from conftest import write_tiny_gin
 
 
 def _one_line_error(result, code: int = 2) -> str:
   assert result.returncode == code, (result.returncode, result.stderr[-3000:])
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1, result.stderr[-3000:]
   return errors[0]
 
@@ -366,6 +369,19 @@ def test_every_cli_prints_one_line(small_checkpoint, tmp_path, module, args, exp
   line = _one_line_error(run_module(module, args, timeout=120))
   assert expected.format(tmp=tmp_path) in line, line
   assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("script,args,expected", [
+    ("benchmarks/corpus_format.py", [], "Pass --corpus=DIR"),
+    ("benchmarks/train_step.py", ["--bogus=1"], "Unknown command line flag 'bogus'"),
+    ("launch/slurm_gpu.py", ["--dry_run"], "Pass glm_jax.train flags after `--`"),
+])
+def test_every_script_prints_one_line(script, args, expected):
+  """The benchmarks and launchers end a mistake in the same `error: ...` line (exit 2)."""
+  result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, script), *args],
+                          cwd=REPO_ROOT, env=multi_device_env(1), capture_output=True,
+                          text=True, timeout=120)
+  assert expected in _one_line_error(result)
 
 
 def test_checkpoints_lists_a_corrupt_step_and_says_which_is_used(tmp_path):

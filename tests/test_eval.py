@@ -10,7 +10,7 @@ import pytest
 
 from glm_jax import checkpoints, eval as eval_lib, losses
 from glm_jax.model import GLM, GLMConfig, init_params
-from glm_jax.train import synthetic_batches
+from glm_jax.data.synthetic import synthetic_batches
 
 from conftest import enable_compile_cache, run_module
 
@@ -74,7 +74,7 @@ def test_eval_cli(params_checkpoint, tmp_path):
   path, params = params_checkpoint
   result = run_module("glm_jax.eval", [
       "--gin_file=configs/runs/eval.gin", f"--gin.CHECKPOINT={path}",
-      "--gin.EVAL_INPUT=@train.synthetic_batches", "--gin.SEQUENCE_LENGTH=32",
+      "--gin.EVAL_INPUT=@synthetic.synthetic_batches", "--gin.SEQUENCE_LENGTH=32",
       "--gin.EVAL_STEPS=2", f"--gin.OUTPUT_DIR={tmp_path}"], timeout=180)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "eval/loss" in result.stdout

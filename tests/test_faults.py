@@ -350,7 +350,7 @@ def _train(gin_file, model_dir, *extra, env=None, timeout=240):
 
 def _error_line(result):
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
-  lines = [l for l in result.stderr.splitlines() if l.startswith("Error: ")]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
   assert len(lines) == 1, result.stderr[-3000:]
   return lines[0]
 
@@ -481,7 +481,7 @@ ls {mount}/run > {out}/listing
   assert read("full.rc").strip() == "1", read("full.err")[-3000:]
   err = read("full.err")
   assert "Traceback" not in err, err[-3000:]
-  errors = [l for l in err.splitlines() if l.startswith("Error: ")]
+  errors = [l for l in err.splitlines() if l.startswith("error: ")]
   assert len(errors) == 1, err[-3000:]
   line = errors[0]
   assert "Saving checkpoint step 8" in line and "No space left on device" in line

@@ -142,7 +142,7 @@ def test_train_kill_resume_evaluate_infer_and_convert_with_every_path_on_gcs(gcs
 
   # Evaluate the gs:// run into a gs:// OUTPUT_DIR; the numbers of the local run.
   output_dir = gcs.url("e2e", "eval")
-  eval_args = ["--gin_file=configs/runs/eval.gin", "--gin.EVAL_INPUT=@train.synthetic_batches",
+  eval_args = ["--gin_file=configs/runs/eval.gin", "--gin.EVAL_INPUT=@synthetic.synthetic_batches",
                "--gin.SEQUENCE_LENGTH=32", "--gin.EVAL_STEPS=2"]
   result = run_module("glm_jax.eval", [*eval_args, f"--gin.CHECKPOINT={run}",
                                        f"--gin.OUTPUT_DIR={output_dir}"], env=env)

@@ -100,6 +100,6 @@ def test_cli_unknown_task_is_one_line():
   result = subprocess.run([sys.executable, "-m", "glm_jax.data.inspect", "--task=no_such_task"],
                           capture_output=True, text=True, timeout=180)
   assert result.returncode == 2
-  err = [l for l in result.stderr.strip().splitlines() if l.startswith("Error:")]
+  err = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
   assert len(err) == 1 and "not a GLM task" in err[0]
   assert result.stderr.strip().splitlines()[-1] == err[0]

@@ -50,7 +50,7 @@ def test_local_launcher_waits_for_all_and_reports_failure():
                    *TRAIN_ARGS)
   assert failed.returncode == 1
   bad = _launch("local_multiprocess.py", "--dry_run", "--num_processes=0")
-  assert bad.returncode == 2 and bad.stderr.strip().startswith("Error:")
+  assert bad.returncode == 2 and bad.stderr.strip().startswith("error:")
   assert len(bad.stderr.strip().splitlines()) == 1
 
 

@@ -116,7 +116,7 @@ def _two_processes(module, args, timeout=300):
 EVAL_GIN = """
 include 'configs/runs/eval.gin'
 from glm_jax.lm_eval import evaluate
-EVAL_INPUT = @train.synthetic_batches
+EVAL_INPUT = @synthetic.synthetic_batches
 SEQUENCE_LENGTH = 32
 EVAL_STEPS = 2
 eval.evaluate_checkpoint.evaluators = [@eval.infilling_evaluator, @evaluate.wikitext]

@@ -85,7 +85,7 @@ def test_our_defaults_are_not_the_reference_s(tmp_path):
                         "--gin.LOSS_NORMALIZATION='tokens'")
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("Error: Trajectory tiny_a_accum2_deepspeed is outside the tolerances")
+  assert last.startswith("error: Trajectory tiny_a_accum2_deepspeed is outside the tolerances")
   assert "loss" in last and "lr" in last and "final" in last
   assert os.path.exists(out)  # written before the check, for inspection
 
@@ -185,7 +185,7 @@ def test_cli_errors_are_one_line(args, message):
   result = run_module("glm_jax.parity", args, timeout=120)
   assert result.returncode == gin_utils.EXIT_USAGE, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("Error: ") and message in last, last
+  assert last.startswith("error: ") and message in last, last
 
 
 def test_unknown_trajectory_name_lists_the_names(tmp_path):
@@ -194,4 +194,4 @@ def test_unknown_trajectory_name_lists_the_names(tmp_path):
       f"--init={INIT}", f"--output={tmp_path / 'o.npz'}"], timeout=120)
   assert result.returncode == gin_utils.EXIT_USAGE
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("Error: No trajectory_tiny_b.json") and "tiny_a_accum2_deepspeed" in last
+  assert last.startswith("error: No trajectory_tiny_b.json") and "tiny_a_accum2_deepspeed" in last

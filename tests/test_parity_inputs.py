@@ -116,6 +116,7 @@ def test_cli_writes_the_expected_keys_and_reports_differences(tmp_path, vocab_pa
   np.savez(fixture / "rte.expected.npz", **arrays)
   bad = run_module("glm_jax.parity", ["inputs", *args, "--tasks=rte"])
   assert bad.returncode == 1 and "rte" in bad.stdout and "DIFFERS" in bad.stdout
+  assert bad.stderr.strip().splitlines()[-1] == "error: 1 tasks differ from the reference: rte"
   assert "1/mask" in bad.stdout
   # A WikiText window without its document is a one-line error naming --data_dir.
   missing = run_module("glm_jax.parity", ["inputs", *args[:3], f"--data_dir={tmp_path}",

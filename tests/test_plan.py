@@ -147,7 +147,7 @@ def test_cli_simulates_the_mesh_devices_itself_and_writes_json(tmp_path):
 def test_cli_errors_are_one_line(args, message):
   result = _cli(*args)
   assert result.returncode == gin_utils.EXIT_USAGE  # bad settings: exit 2
-  lines = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr
 

@@ -177,7 +177,7 @@ def test_errors_are_one_line(tmp_path):
                                                f"--output_dir={tmp_path}/out"], timeout=120)
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("Error: Input pattern") and "matches no file" in last
+  assert last.startswith("error: Input pattern") and "matches no file" in last
   with pytest.raises(ValueError, match="tfds:NAME:VERSION"):
     prepare.plan_units(["tfds:wikipedia"])
 
@@ -242,8 +242,8 @@ def test_prepare_cli_names_the_damaged_file(tmp_path):
   result = run_module("glm_jax.data.prepare", args, timeout=300)
   assert result.returncode == 2, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
-  errors = [l for l in result.stderr.splitlines() if l.startswith("Error: ")]
-  assert errors == [f"Error: Corpus file {binary}: 99 of 100 lines are bad (99.0%; 99 invalid "
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert errors == [f"error: Corpus file {binary}: 99 of 100 lines are bad (99.0%; 99 invalid "
                     "UTF-8, 0 not JSON with a text string), more than --max_dropped_fraction = "
                     "0.01; fix or remove the file (is it text? JSONL with the right text key?), "
                     "or raise --max_dropped_fraction."], result.stderr[-3000:]

@@ -76,15 +76,15 @@ def test_summary_names_outputs_and_next_commands():
 def test_summary_passes_a_non_default_input_and_the_bound_prompt():
   def synthetic_batches():
     pass
-  synthetic_batches.__module__ = "glm_jax.train"
+  synthetic_batches.__module__ = "glm_jax.data.synthetic"
   gin.clear_config()
   try:
-    gin.parse_config(["from glm_jax import train",
-                      "train.print_sample_fill.text = 'A [MASK] day.'"])
+    gin.parse_config(["from glm_jax import hooks",
+                      "hooks.print_sample_fill.text = 'A [MASK] day.'"])
     text = _report(eval_input=synthetic_batches, eval_steps=None).summary(5)
   finally:
     gin.clear_config()
-  assert "--gin.EVAL_INPUT=@train.synthetic_batches" in text
+  assert "--gin.EVAL_INPUT=@synthetic.synthetic_batches" in text
   assert "--gin.EVAL_STEPS" not in text
   assert "--text='A [MASK] day.'" in text
 
@@ -94,11 +94,11 @@ def test_generate_command_decodes_as_the_sample_fill():
   try:
     text = _report().summary(5)  # nothing bound: print_sample_fill's greedy defaults
     assert "--max_new_tokens=16" in text and "--strategy" not in text
-    gin.parse_config(["from glm_jax import train",
-                      "train.print_sample_fill.strategy = 'beam'",
-                      "train.print_sample_fill.num_beams = 3",
-                      "train.print_sample_fill.length_penalty = 0.0",
-                      "train.print_sample_fill.max_new_tokens = 6"])
+    gin.parse_config(["from glm_jax import hooks",
+                      "hooks.print_sample_fill.strategy = 'beam'",
+                      "hooks.print_sample_fill.num_beams = 3",
+                      "hooks.print_sample_fill.length_penalty = 0.0",
+                      "hooks.print_sample_fill.max_new_tokens = 6"])
     text = _report().summary(5)
   finally:
     gin.clear_config()
@@ -107,6 +107,6 @@ def test_generate_command_decodes_as_the_sample_fill():
 
 
 def test_sample_fill_refuses_a_random_strategy():
-  from glm_jax import train  # pylint: disable=g-import-not-at-top
+  from glm_jax import hooks  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="'greedy' or 'beam'"):
-    train.print_sample_fill(None, None, "builtin", strategy="sample")
+    hooks.print_sample_fill(None, None, "builtin", strategy="sample")

@@ -129,9 +129,10 @@ def _wait_for_step(proc, model_dir, step, timeout=240):
 def test_eval_baseline_and_closing_summary(reference_run):
   _, model_dir, result = reference_run
   # The baseline by hand: the share of the most frequent target in the eval batches.
-  from glm_jax import train  # pylint: disable=g-import-not-at-top
-  targets = np.concatenate([b["targets"][b["loss_weights"] > 0] for b in train.synthetic_batches(
-      "synthetic", "validation", sequence_length=32, batch_size=8, seed=0, num_batches=2)])
+  from glm_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  batches = synthetic.synthetic_batches("synthetic", "validation", sequence_length=32,
+                                        batch_size=8, seed=0, num_batches=2)
+  targets = np.concatenate([b["targets"][b["loss_weights"] > 0] for b in batches])
   expected = np.bincount(targets).max() / len(targets)
   evals = [r for r in _metrics(model_dir) if "eval/loss" in r]
   assert [r["eval/baseline_accuracy"] for r in evals] == pytest.approx([expected] * len(evals))
@@ -206,7 +207,7 @@ def test_nan_stop_keeps_the_last_good_checkpoint_and_skip_carries_on(tmp_path):
   result = run_module("glm_jax.train", _train_args(gin_file, stop_dir, "--gin.NAN_ACTION='stop'"))
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("Error: Non-finite loss") and "last checkpoint: step 1" in last
+  assert last.startswith("error: Non-finite loss") and "last checkpoint: step 1" in last
   assert [r["step"] for r in checkpoints.describe(str(stop_dir))] == [1]
 
   skip_dir = tmp_path / "skip"
@@ -315,11 +316,11 @@ def test_prepared_corpus_kill_9_then_resume_is_bitwise_identical(prepared_refere
 
 
 def _error_line(result):
-  """The one `Error:` line of a run refused for its input (exit 2, docs/faults.md)."""
+  """The one `error:` line of a run refused for its input (exit 2, docs/faults.md)."""
   assert result.returncode == 2, result.stderr[-2000:]
   assert "Traceback" not in result.stderr, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("Error: "), last
+  assert last.startswith("error: "), last
   return last
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from glm_jax import models, optim, partitioning, trainer as trainer_lib
 from glm_jax.model import GLMConfig
-from glm_jax.train import synthetic_batches
+from glm_jax.data.synthetic import synthetic_batches
 
 from conftest import enable_compile_cache, multi_device_env, run_script
 
@@ -226,7 +226,7 @@ _MESHES = r"""
 import json, jax, numpy as np
 from glm_jax import models, optim, partitioning, trainer as trainer_lib
 from glm_jax.model import GLMConfig
-from glm_jax.train import synthetic_batches
+from glm_jax.data.synthetic import synthetic_batches
 cfg = GLMConfig(vocab_size=128, num_layers=2, hidden_size=32, num_heads=4, max_sequence_length=64,
                 embedding_dropout=0.1, attention_dropout=0.1, hidden_dropout=0.1)
 batches = list(synthetic_batches('s', 'train', sequence_length=32, batch_size=8, seed=1,

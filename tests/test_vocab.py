@@ -166,7 +166,7 @@ def test_train_vocab_cli_errors(tmp_path):
   result = run_module("glm_jax.data.train_vocab", ["--input=/nonexistent.txt",
                                                    f"--output={tmp_path / 'x'}"], timeout=120)
   assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith("Error: ")]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
   assert len(errors) == 1 and "/nonexistent.txt does not exist" in errors[0], result.stderr
   assert not (tmp_path / "x.model").exists()
 

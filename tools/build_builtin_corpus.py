@@ -13,11 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 
-from absl import app
 from absl import flags
 
+from glm_jax import gin_utils
 from glm_jax.data import corpus
 from glm_jax.data import train_vocab
 
@@ -113,15 +112,11 @@ def build(source: str, output: str, vocab_size: int, train_books=TRAIN_BOOKS,
 
 def main(argv):
   del argv
-  try:
-    manifest = build(_SOURCE.value, _OUTPUT_DIR.value, VOCAB_SIZE)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"build_builtin_corpus: {e}", file=sys.stderr)
-    sys.exit(1)
+  manifest = build(_SOURCE.value, _OUTPUT_DIR.value, VOCAB_SIZE)
   for split, info in manifest["splits"].items():
     print(f"{split}: {len(info['books'])} books, {info['documents']} documents, "
           f"{info['characters']} characters, {info['bytes']} bytes gzipped")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  gin_utils.run(main)

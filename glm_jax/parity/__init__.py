@@ -5,7 +5,7 @@
   python -m glm_jax.parity inputs --fixture_dir=DIR --output_dir=OUT --vocabulary=wordpiece:PATH
 
 A subcommand is a module with `define_flags()` and `main(argv)`, listed in SUBCOMMANDS; only
-the chosen one's flags are defined. Errors are one `Error: ...` line (glm_jax/gin_utils.py).
+the chosen one's flags are defined. Errors are one `error: ...` line (glm_jax/gin_utils.py).
 """
 
 from __future__ import annotations

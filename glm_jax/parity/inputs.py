@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import sys
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from absl import flags
@@ -391,5 +390,5 @@ def main(argv) -> None:
   except (ValueError, FileNotFoundError, KeyError) as e:
     gin_utils.exit_with_error(e)
   if failed:
-    print(f"{len(failed)} tasks differ from the reference: {', '.join(failed)}", file=sys.stderr)
-    sys.exit(1)
+    gin_utils.exit_with_error(gin_utils.RunFault(
+        f"{len(failed)} tasks differ from the reference: {', '.join(failed)}"))

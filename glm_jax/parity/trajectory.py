@@ -224,6 +224,7 @@ def run(fixture_dir: str, name: str, init: str, model_dir: Optional[str] = None,
   import jax  # pylint: disable=g-import-not-at-top
   from glm_jax import checkpoints, convert  # pylint: disable=g-import-not-at-top
   from glm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from glm_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 
   spec, arrays = load_fixture(fixture_dir, name)
   recipe = recipe_from_spec(spec, arrays)
@@ -249,7 +250,7 @@ def run(fixture_dir: str, name: str, init: str, model_dir: Optional[str] = None,
     # The fixture's ids belong to no text vocabulary: the run's VOCABULARY (INIT_CHECKPOINT's)
     # is the trainer's marker for that, which skips the vocabulary checks.
     init_dir = checkpoints.save_params_checkpoint(os.path.join(workdir, "init"), params,
-                                                  config, train_lib.SYNTHETIC_VOCABULARY)
+                                                  config, synthetic.SYNTHETIC_VOCABULARY)
     bindings = list(recipe.bindings) + model_bindings(config) + [
         f"MODEL_DIR = {run_dir!r}", f"INIT_CHECKPOINT = {init_dir!r}",
         f"MIXTURE_OR_TASK_NAME = 'trajectory_{name}'", f"SEQUENCE_LENGTH = {length}",

@@ -400,10 +400,11 @@ def export_lines(env: Dict[str, str]) -> List[str]:
 
 
 class _Parser(argparse.ArgumentParser):
-  """argparse with a bad argument as one `Error:` line (exit 2), the style of every CLI."""
+  """argparse with a bad argument as one `error:` line (exit 2), the style of every CLI."""
 
   def error(self, message):
-    self.exit(2, f"Error: {message} (see --help).\n")
+    from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
+    gin_utils.exit_with_error(ValueError(f"{message} (see --help)."))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -423,10 +424,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     emulator.start()
   except OSError as e:
-    print(f"Error: cannot listen on {HOST}:{args.port} or its proxy port, or write --root "
-          f"({e.strerror}); pick free ports with --port / --proxy_port and a writable --root.",
-          file=sys.stderr)
-    return 2
+    from glm_jax import gin_utils  # pylint: disable=g-import-not-at-top
+    gin_utils.exit_with_error(ValueError(
+        f"cannot listen on {HOST}:{args.port} or its proxy port, or write --root "
+        f"({e.strerror}); pick free ports with --port / --proxy_port and a writable --root."))
   for line in export_lines(emulator.env):
     print(line)
   print(f"# GCS emulator on {HOST}:{emulator.port} (buckets: {', '.join(emulator.buckets)}), "
