@@ -18,6 +18,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from glm_jax import sizes
 from glm_jax.data import corpus
 from glm_jax.data import feature_converter
 from glm_jax.data import source as source_lib
@@ -44,7 +45,7 @@ def _glm_batches(source, split: str, *, sequence_length: int, batch_size: int, s
   one_pass = split != "train" and num_batches is None
   n = source.num_samples(split, sequence_length) if one_pass else None
   if one_pass:
-    num_batches = max(0, -(-n // (batch_size * per_row)) - start_batch)
+    num_batches = max(0, sizes.ceil_div(n, batch_size * per_row) - start_batch)
   logging.info("Input %s/%s: process rows [%d, %d) of every global batch of %d (stream "
                "positions (i * %d + r) * %d + j), from batch %d.", name, split,
                shard_index * rows, (shard_index + 1) * rows, batch_size, batch_size, per_row,

@@ -185,10 +185,6 @@ def training_examples(task: str, records: Sequence[dict],
   return examples
 
 
-def _round_up(x: int, multiple: int) -> int:
-  return int(math.ceil(x / multiple) * multiple)
-
-
 def make_batch(encoded: Sequence[patterns.EncodedCloze], labels: Sequence[int], *,
                sequence_length: int, batch_size: Optional[int] = None,
                num_candidates: Optional[int] = None, layout: str = "auto",
