@@ -67,10 +67,8 @@ def _glm_batches(source, split: str, *, sequence_length: int, batch_size: int, s
   converter = feature_converter.GLMFeatureConverter(pack=pack, pad_id=source.special.pad)
   if pack:
     ds = ds.map(lambda ex: dict(ex, length=tf.shape(ex["tokens"])[0]))
-    ds = ds.padded_batch(rows * per_row, padding_values={
-        "tokens": converter._pad_id, "positions": 0, "sep": 0,  # pylint: disable=protected-access
-        "targets": converter._pad_id, "loss_weights": 0.0, "length": 0,  # pylint: disable=protected-access
-        "valid": False})
+    ds = ds.padded_batch(rows * per_row, padding_values=dict(converter.padding_values,
+                                                              length=0, valid=False))
     ds = ds.map(lambda b: _pack_rows(converter, b, sequence_length, rows),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:
