@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from glm_jax import decoding
+from glm_jax import decoding, sizes
 from glm_jax import task_mask as task_mask_lib
 
 MASK_PATTERN = re.compile(r"\[(gMASK|sMASK|MASK)\]")
@@ -68,7 +68,7 @@ def build_prompt(text: str, vocabulary, task_mask: Optional[bool] = None) -> Pro
 
 def _bucket(length: int, limit: int) -> int:
   """Pads batch lengths to multiples of 32 so few programs are compiled."""
-  return min(limit, max(32, -(-length // 32) * 32))
+  return min(limit, max(32, sizes.round_up(length, 32)))
 
 
 def batch_prompts(prompts: Sequence[Prompt], max_length: int):

@@ -25,11 +25,21 @@ def weighted_cross_entropy(logits, targets, weights, label_smoothing: float = 0.
   return loss_sum, jnp.sum(weights), jnp.sum(correct * weights)
 
 
+def _target_logit(logits, targets):
+  """logits [..., V], int targets [...] -> logits[..., target], [...]."""
+  return jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def target_log_probs(logits, targets):
+  """log_softmax(logits)[target] in float32: logits [..., V], targets [...] -> [...]."""
+  logits = logits.astype(jnp.float32)
+  return _target_logit(logits, targets) - jax.nn.logsumexp(logits, axis=-1)
+
+
 def _nll(logits, targets, label_smoothing):
-  """Per-token loss [B, T] and the log-partition [B, T, 1]."""
+  """Per-token loss [B, T] (-target_log_probs, smoothed) and the log-partition [B, T, 1]."""
   log_z = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)
-  nll = (log_z - target_logit)[..., 0]
+  nll = log_z[..., 0] - _target_logit(logits, targets)
   if label_smoothing:
     nll = (1.0 - label_smoothing) * nll + label_smoothing * (
         log_z[..., 0] - jnp.mean(logits, axis=-1))
@@ -73,14 +83,7 @@ def target_is_argmax(logits, targets):
   entry is >= its logit and no later one is >, which is argmax's first-index tie rule.
   """
   targets = targets.astype(jnp.int32)[..., None]
-  target_logit = jnp.take_along_axis(logits, targets, axis=-1)
+  target_logit = _target_logit(logits, targets[..., 0])[..., None]
   index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
   beaten = jnp.where(index < targets, logits >= target_logit, logits > target_logit)
   return jnp.logical_not(jnp.any(beaten, axis=-1))
-
-
-def per_token_cross_entropy(logits, targets):
-  """logsumexp(logits) - logits[target], [B, T] float32."""
-  logits = logits.astype(jnp.float32)
-  target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return jax.nn.logsumexp(logits, axis=-1) - target_logit

@@ -20,13 +20,13 @@ import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
-from glm_jax import dropout as dropout_lib
 from glm_jax.kernels import cudnn as cudnn_lib
 from glm_jax.kernels import mask as mask_lib
 from glm_jax.kernels import select
 from glm_jax.kernels import splash as splash_lib
 from glm_jax.kernels import xla as xla_lib
 from glm_jax.kernels.cpu import attention as cpu_attention
+from glm_jax.kernels.cpu import dropout as dropout_lib
 from glm_jax.kernels.cpu import matmul as cpu_matmul
 
 MASK_FILL = mask_lib.MASK_FILL
@@ -238,7 +238,7 @@ class SelfAttention(nn.Module):
   def _hash_key(self, dropout_on: bool):
     """One hash-dropout key per layer call: every kernel draws the same mask from it."""
     if dropout_on and self.config.dropout_implementation == "hash":
-      return jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
+      return dropout_lib.hash_key(self)
     return None
 
   def _dropout(self, dropout_on: bool, key=None):
@@ -251,8 +251,7 @@ class SelfAttention(nn.Module):
       return lambda probs: drop(probs, deterministic=False)
     key = self._hash_key(dropout_on) if key is None else key
     rate = cfg.attention_dropout
-    return lambda probs: jnp.where(dropout_lib.keep_mask(key, probs.shape, rate),
-                                   probs / (1.0 - rate), 0.0)
+    return lambda probs: dropout_lib.hash_dropout(probs, key, rate)
 
   def _attention(self, q, k, v, mask, sep, segment_ids, dropout_on: bool):
     """q, k (scaled), v [B, T, N, D] -> [B, T, N, D] with the chosen kernel.

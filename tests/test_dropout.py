@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import conftest
-from glm_jax import dropout
+from glm_jax.kernels.cpu import dropout
 
 
 def _key(a, b):
@@ -80,7 +80,7 @@ def test_mask_is_the_same_under_sharding():
   code = textwrap.dedent("""
       import jax, jax.numpy as jnp, numpy as np
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-      from glm_jax import dropout
+      from glm_jax.kernels.cpu import dropout
       key = jnp.asarray([5, 6], jnp.uint32)
       shape = (4, 8, 64)
       mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))

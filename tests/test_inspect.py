@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from glm_jax.data import inspect as inspect_lib
+from glm_jax.data import objectives
 from glm_jax.data import tasks
 
 TINY = os.path.join(os.path.dirname(__file__), "data", "tiny_corpus.txt")
@@ -32,9 +33,8 @@ def test_examples_show_parts(task_name):
 def _reassemble(ex, spans):
   """Part A with each mask replaced by its span's tokens (read from the targets)."""
   by_position = {}
-  for span in spans:
-    targets = ex["targets"][span["start"]:span["end"]]
-    by_position[span["position"]] = targets[:span["length"]]
+  for start, end, length in zip(*spans):
+    by_position[int(ex["positions"][0, start])] = ex["targets"][start:end][:length]
   out = []
   for i, token in enumerate(ex["tokens"][:int(ex["sep"])]):
     out.extend(by_position[i].tolist() if i in by_position else [int(token)])
@@ -43,12 +43,11 @@ def _reassemble(ex, spans):
 
 @pytest.mark.parametrize("objective", ["token", "sentence", "document"])
 def test_part_a_and_b_reassemble_the_sample(task_name, objective):
-  task = tasks.glm_task(task_name)
-  sop = task.vocabulary.special.sop
+  sop = tasks.glm_task(task_name).vocabulary.special.sop
   for ex in inspect_lib.examples(task_name, "train", 96, 0, 0, 12, objective):
-    spans = inspect_lib.part_b_spans(ex, sop)
-    assert len(spans) == ex["num_spans"]
-    assert sum(s["length"] for s in spans) == ex["num_masked"]
+    spans = objectives.part_b_spans(ex)
+    assert len(spans[0]) == ex["num_spans"] and (ex["tokens"][spans[0]] == sop).all()
+    assert spans[2].sum() == ex["num_masked"]
     assert _reassemble(ex, spans) == ex["sample"][:ex["raw_length"]].tolist()
 
 

@@ -39,7 +39,7 @@ def test_sep_form_logits_and_loss(reference, case):
   np.testing.assert_allclose(kept(logits), c("logits"), atol=tol, rtol=0)
   loss_sum, weight_sum, _ = losses.weighted_cross_entropy(logits, c("targets"), c("loss_mask"))
   np.testing.assert_allclose(float(loss_sum / weight_sum), float(c("loss")), rtol=1e-5)
-  per_token = losses.per_token_cross_entropy(logits, c("targets"))
+  per_token = -losses.target_log_probs(logits, c("targets"))
   np.testing.assert_allclose(np.asarray(per_token), c("per_token_loss"), atol=2 * tol)
 
 

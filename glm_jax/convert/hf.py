@@ -38,6 +38,10 @@ AUTO_MAP = {
     "AutoModelForSequenceClassification": "modeling_glm.GLMForSequenceClassification",
 }
 DEFAULT_MAX_SHARD_BYTES = 5 << 30
+# The hub config.json's dropout fields -> ours (read by config_overrides, written by hub_config).
+HUB_DROPOUTS = {"embedding_dropout_prob": "embedding_dropout",
+                "attention_dropout_prob": "attention_dropout",
+                "output_dropout_prob": "hidden_dropout"}
 
 
 def config_overrides(hf_config: dict, path: str) -> dict:
@@ -48,9 +52,8 @@ def config_overrides(hf_config: dict, path: str) -> dict:
   if hf_config.get("block_position_encoding") is False:
     raise ValueError(f"{path}: block_position_encoding is off; glm_jax runs the 2-D "
                      "(block) position encoding of the released GLM models only.")
-  names = {"embedding_dropout_prob": "embedding_dropout",
-           "attention_dropout_prob": "attention_dropout", "output_dropout_prob": "hidden_dropout"}
-  return {ours: float(hf_config[theirs]) for theirs, ours in names.items() if theirs in hf_config}
+  return {ours: float(hf_config[theirs]) for theirs, ours in HUB_DROPOUTS.items()
+          if theirs in hf_config}
 
 
 def check_config_against_shapes(hf_config: dict, config: GLMConfig, path: str):
@@ -92,13 +95,11 @@ def hub_config(config: GLMConfig, vocab_spec: str, torch_dtype: str) -> dict:
            "task_mask": bool(vocabulary.special.task_mask)}
   return {
       "architectures": ["GLMModel"],
-      "attention_dropout_prob": config.attention_dropout,
       "attention_scale": 1.0,
       "auto_map": dict(AUTO_MAP),
       "block_position_encoding": True,
       "checkpoint_activations": False,
       "checkpoint_num_layers": 1,
-      "embedding_dropout_prob": config.embedding_dropout,
       "hidden_size": config.hidden_size,
       "initializer_range": config.initializer_std,
       "max_memory_length": 0,
@@ -106,7 +107,6 @@ def hub_config(config: GLMConfig, vocab_spec: str, torch_dtype: str) -> dict:
       "model_type": "glm",
       "num_attention_heads": config.num_heads,
       "num_layers": config.num_layers,
-      "output_dropout_prob": config.hidden_dropout,
       "output_predict": True,
       "parallel_output": True,
       "pool_token": "cls",
@@ -116,6 +116,7 @@ def hub_config(config: GLMConfig, vocab_spec: str, torch_dtype: str) -> dict:
       "torch_dtype": torch_dtype,
       "vocab_size": config.vocab_size,
       VOCAB_KEY: named,
+      **{theirs: getattr(config, ours) for theirs, ours in HUB_DROPOUTS.items()},
   }
 
 

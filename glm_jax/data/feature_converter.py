@@ -24,6 +24,11 @@ _Spec = seqio.FeatureConverter.FeatureSpec
 _LAYOUT_KEYS = ("tokens", "positions", "sep", "targets", "loss_weights")
 
 
+def padding_values(pad_id: int) -> dict:
+  """The pad value of each layout feature: the pad id for tokens and targets, else 0."""
+  return {"tokens": pad_id, "positions": 0, "sep": 0, "targets": pad_id, "loss_weights": 0.0}
+
+
 def _model_features(pack: bool) -> dict:
   return {
       "tokens": _Spec(dtype=tf.int32),
@@ -53,7 +58,7 @@ class GLMFeatureConverter(seqio.FeatureConverter):
     super().__init__(pack=pack, use_custom_packing_ops=pack,
                      apply_length_check=apply_length_check, **kwargs)
     self.MODEL_FEATURES = _model_features(pack)
-    self._pad_id = pad_id
+    self.padding_values = padding_values(pad_id)
     self._pack_window = pack_window
 
   def _check_and_select(self, ex: Mapping[str, tf.Tensor], length: int) -> dict:
@@ -73,14 +78,11 @@ class GLMFeatureConverter(seqio.FeatureConverter):
 
   def _pad(self, ex: Mapping[str, tf.Tensor], length: int) -> dict:
     pad = length - tf.shape(ex["tokens"])[0]
-    pad1 = lambda x, value: tf.pad(x, [[0, pad]], constant_values=value)
-    out = {
-        "tokens": pad1(ex["tokens"], self._pad_id),
-        "positions": tf.pad(ex["positions"], [[0, 0], [0, pad]]),
-        "sep": ex["sep"],
-        "targets": pad1(ex["targets"], self._pad_id),
-        "loss_weights": pad1(ex["loss_weights"], 0.0),
-    }
+    values = self.padding_values
+    out = {"sep": ex["sep"], "positions": tf.pad(ex["positions"], [[0, 0], [0, pad]],
+                                                 constant_values=values["positions"])}
+    for k in ("tokens", "targets", "loss_weights"):
+      out[k] = tf.pad(ex[k], [[0, pad]], constant_values=values[k])
     for k, v in out.items():
       v.set_shape([2, length] if k == "positions" else ([] if k == "sep" else [length]))
     return out
@@ -122,13 +124,14 @@ class GLMFeatureConverter(seqio.FeatureConverter):
       return tf.where(inside, tf.gather(flat, src), tf.cast(fill, values.dtype))
 
     per_token = lambda per_example: tf.where(inside, tf.gather(per_example, example_of), 0)
-    positions = [pack(batch["positions"][:, i], 0) for i in range(2)]
+    values = self.padding_values
+    positions = [pack(batch["positions"][:, i], values["positions"]) for i in range(2)]
     return {
-        "tokens": pack(batch["tokens"], self._pad_id),
+        "tokens": pack(batch["tokens"], values["tokens"]),
         "positions": tf.stack(positions, 1),                          # [R, 2, T]
         "sep": per_token(offsets + batch["sep"]),
-        "targets": pack(batch["targets"], self._pad_id),
-        "loss_weights": pack(batch["loss_weights"], 0.0),
+        "targets": pack(batch["targets"], values["targets"]),
+        "loss_weights": pack(batch["loss_weights"], values["loss_weights"]),
         "segment_ids": per_token(segments),
     }
 
@@ -145,9 +148,7 @@ class GLMFeatureConverter(seqio.FeatureConverter):
       return rows
 
     ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.padded_batch(self._pack_window, padding_values={
-        "tokens": self._pad_id, "positions": 0, "sep": 0, "targets": self._pad_id,
-        "loss_weights": 0.0, "length": 0})
+    ds = ds.padded_batch(self._pack_window, padding_values=dict(self.padding_values, length=0))
     return ds.map(pack, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
   def _convert_features(self, ds: tf.data.Dataset,

@@ -5,13 +5,14 @@
   python -m glm_jax.data.inspect --task=glm_builtin_2b --stats=500 [--objective=token]
 
 Examples k = start.. are the trainer's stream positions (row r of global batch i is
-i * B + r) built by the same source and seeds, before padding. Examples are printed decoded, Part A and Part B apart (each Part B span with the position
-of its mask). `--stats=N` prints one JSON object: per objective over N samples,
-masked_fraction_mean/std (span tokens / raw sample length), span_length_hist (lengths
-1..40, normalised), spans_per_sample_mean, length_mean (tokens after construction); with
-`--objective` the object is that objective's statistics alone. The read and sample
-counters (what preparation skipped: empty lines, invalid UTF-8, bad JSON; what drawing the
-samples did: windows, sentence-aligned starts and cuts, re-cuts) are reported as well.
+i * B + r) built by the same source and seeds, before padding. Examples are printed decoded,
+Part A and Part B apart (each Part B span with the position of its mask). `--stats=N`
+prints one JSON object: per objective over N samples, `objectives.layout_statistics`:
+masked_fraction_mean/std (span tokens / raw sample length), span_length_hist (lengths 1..40,
+normalised), spans_per_sample_mean, length_mean (tokens after construction) and the layout
+counters; with `--objective` the object is that objective's statistics alone. The read and
+sample counters (what preparation skipped: empty lines, invalid UTF-8, bad JSON; what drawing
+the samples did: windows, sentence-aligned starts and cuts, re-cuts) are reported as well.
 """
 
 from __future__ import annotations
@@ -48,9 +49,6 @@ _VOCABULARY = flags.DEFINE_string("vocabulary", None, "The run's VOCABULARY (def
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder of the named prepared corpora "
                                 "(PREPARED_DATA_DIR; default $GLM_JAX_DATA_DIR).")
 
-MAX_HIST_LENGTH = 40
-
-
 def role_names(special) -> Dict[int, str]:
   """Id -> printable name of every role (eos/pad shown once when they share an id)."""
   names = {}
@@ -81,35 +79,16 @@ def render(vocabulary, ids: Sequence[int]) -> str:
   return " ".join(s.strip() for s in out if s.strip())
 
 
-def part_b_spans(example: Dict[str, np.ndarray], sop: int) -> List[dict]:
-  """Part B split into spans: start index, mask position and original-token length."""
-  tokens, sep = example["tokens"], int(example["sep"])
-  positions = example["positions"]
-  n = len(tokens)
-  starts = [i for i in range(sep, n) if tokens[i] == sop]
-  suffix = bool(example.get("suffix_layout", 0))
-  spans = []
-  for j, start in enumerate(starts):
-    end = starts[j + 1] if j + 1 < len(starts) else n
-    # Inputs are sop + span (normal) or sop + span[:-1] (prefix-LM suffix, no eop).
-    length = end - start if suffix else end - start - 1
-    spans.append({"start": start, "end": end, "position": int(positions[0, start]),
-                  "length": length})
-  return spans
-
-
 def format_example(vocabulary, example: Dict[str, np.ndarray], index: int) -> str:
-  special = vocabulary.special
   sep = int(example["sep"])
   tokens = example["tokens"]
   objective = objectives.OBJECTIVES[int(example.get("objective", 0))]
   lines = [f"=== example {index}: objective={objective} length={len(tokens)} sep={sep} "
            f"spans={int(example.get('num_spans', 0))}",
            f"Part A: {render(vocabulary, tokens[:sep])}", "Part B:"]
-  for span in part_b_spans(example, special.sop):
-    targets = example["targets"][span["start"]:span["end"]]
-    lines.append(f"  [pos {span['position']}, {span['length']} tokens] "
-                 f"{render(vocabulary, targets)}")
+  for start, end, length in zip(*objectives.part_b_spans(example)):
+    lines.append(f"  [pos {int(example['positions'][0, start])}, {length} tokens] "
+                 f"{render(vocabulary, example['targets'][start:end])}")
   return "\n".join(lines)
 
 
@@ -131,8 +110,7 @@ def examples(task_name: str, split: str, sequence_length: int, seed: int = 0, st
   for k, ex in zip(range(start, start + count),
                    src.examples(positions, sequence_length, probs).as_numpy_iterator()):
     ex = dict(ex)
-    # Raw length after the re-cut: Part A minus masks plus the span tokens.
-    ex["raw_length"] = int(ex["sep"]) - int(ex["num_spans"]) + int(ex["num_masked"])
+    ex["raw_length"] = objectives.raw_sample_length(ex)  # after the re-cut
     ex["sample"] = src.raw_sample(split, seed, k, sequence_length)
     out.append(ex)
   return out
@@ -153,40 +131,15 @@ def counters(task_name: str, split: str, sequence_length: int, seed: int = 0,
   return {"read": read, "samples": drawn.as_dict()}
 
 
-def objective_stats(examples: Sequence[Dict[str, np.ndarray]], sop: int) -> dict:
-  """The statistics of `--stats` over examples of one objective."""
-  fractions = [float(e["num_masked"]) / float(e["raw_length"]) for e in examples]
-  hist = np.zeros(MAX_HIST_LENGTH, np.float64)
-  over = 0
-  for e in examples:
-    for span in part_b_spans(e, sop):
-      if 1 <= span["length"] <= MAX_HIST_LENGTH:
-        hist[span["length"] - 1] += 1
-      else:
-        over += 1
-  total = hist.sum() + over
-  return {
-      "num_samples": len(examples),
-      "masked_fraction_mean": float(np.mean(fractions)),
-      "masked_fraction_std": float(np.std(fractions)),
-      "span_length_hist": [float(h) for h in (hist / total if total else hist)],
-      "span_length_over_40": int(over),
-      "spans_per_sample_mean": float(np.mean([int(e["num_spans"]) for e in examples])),
-      "length_mean": float(np.mean([len(e["tokens"]) for e in examples])),
-      "raw_length_mean": float(np.mean([e["raw_length"] for e in examples])),
-  }
-
-
 def stats(task_name: str, split: str, num_samples: int, sequence_length: int, seed: int = 0,
           objective: Optional[str] = None, vocabulary: Optional[str] = None,
           data_dir: Optional[str] = None) -> dict:
   """`--stats`: per-objective statistics (flat when `objective` is given) plus counters."""
   src = tasks_lib.get_source(task_name, vocabulary, data_dir)
-  sop = src.special.sop
   names = [objective] if objective else [
       o for o, p in zip(objectives.OBJECTIVES, src.mix.objective_probs) if p > 0]
-  result = {name: objective_stats(examples(task_name, split, sequence_length, seed, 0,
-                                           num_samples, name, vocabulary, data_dir), sop)
+  result = {name: objectives.layout_statistics(examples(
+      task_name, split, sequence_length, seed, 0, num_samples, name, vocabulary, data_dir))
             for name in names}
   found = counters(task_name, split, sequence_length, seed, num_samples, vocabulary, data_dir)
   if objective:

@@ -422,24 +422,39 @@ def document_infilling(tokens: tf.Tensor, seed: Seed, special: SpecialTokens, *,
 # ----------------------------------------------------------------------------- statistics
 
 
-def span_lengths(example: Mapping[str, np.ndarray]) -> np.ndarray:
-  """Original-token length of every Part B span of one (numpy) example, in Part B order."""
-  block = np.asarray(example["positions"])[1, int(example["sep"]):]
-  starts = np.flatnonzero(block == 1)
-  seg = np.diff(np.append(starts, len(block)))
-  return seg if int(example.get("suffix_layout", 0)) else seg - 1
+MAX_HIST_LENGTH = 40
+
+
+def part_b_spans(example: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Part B spans of one unpadded numpy example: (start, end, original-token length), [S] each.
+
+  A span is its block positions 1..; its inputs are sop + span (sop + span[:-1], no eop, in the
+  prefix-LM suffix layout).
+  """
+  sep = int(example["sep"])
+  block = np.asarray(example["positions"])[1, sep:]
+  starts = sep + np.flatnonzero(block == 1)
+  ends = np.append(starts[1:], sep + len(block))
+  return starts, ends, ends - starts - (0 if int(example.get("suffix_layout", 0)) else 1)
+
+
+def raw_sample_length(example: Mapping[str, np.ndarray]) -> int:
+  """Tokens of the raw sample an example was built from: Part A minus its masks plus the spans."""
+  lengths = part_b_spans(example)[2]
+  return int(example["sep"]) + int(lengths.sum()) - len(lengths)
 
 
 def layout_statistics(examples) -> dict:
-  """Summary of numpy examples: masked fraction, span lengths (1..40), spans, lengths."""
-  fractions, spans_per, lengths, all_spans = [], [], [], []
+  """Summary of unpadded numpy examples: masked fraction (span tokens / raw sample length),
+  span lengths (histogram of 1..40, normalised), spans per sample, lengths."""
+  fractions, spans_per, lengths, raw_lengths, all_spans = [], [], [], [], []
   suffix = unplaced = redraws = capped = 0
   for ex in examples:
-    lens = span_lengths(ex)
-    raw_length = int(ex["sep"]) + int(lens.sum()) - len(lens)
+    lens, raw_length = part_b_spans(ex)[2], raw_sample_length(ex)
     fractions.append(lens.sum() / raw_length)
     spans_per.append(len(lens))
     lengths.append(len(ex["tokens"]))
+    raw_lengths.append(raw_length)
     all_spans.append(lens)
     suffix += int(ex.get("suffix_layout", 0))
     unplaced += int(ex.get("unplaced", 0))
@@ -449,17 +464,20 @@ def layout_statistics(examples) -> dict:
   if n == 0:
     raise ValueError("layout_statistics needs at least one example.")
   spans = np.concatenate(all_spans) if all_spans else np.zeros([0], int)
-  hist = np.bincount(np.clip(spans, 0, 41), minlength=42)[1:41]
+  hist = np.bincount(np.clip(spans, 0, MAX_HIST_LENGTH + 1),
+                     minlength=MAX_HIST_LENGTH + 2)[1:MAX_HIST_LENGTH + 1]
   return {
-      "num_examples": n,
+      "num_samples": n,
       "masked_fraction_mean": float(np.mean(fractions)),
       "masked_fraction_std": float(np.std(fractions)),
       "span_length_hist": (hist / max(len(spans), 1)).tolist(),
+      "span_length_over_40": int(len(spans) - hist.sum()),
       "span_length_mean": float(spans.mean()) if len(spans) else 0.0,
       "max_span_length": int(spans.max()) if len(spans) else 0,
       "spans_per_sample_mean": float(np.mean(spans_per)),
       "length_mean": float(np.mean(lengths)),
       "length_max": int(np.max(lengths)),
+      "raw_length_mean": float(np.mean(raw_lengths)),
       "suffix_fraction": suffix / n,
       "redraws_total": redraws,
       "unplaced_total": unplaced,

@@ -18,6 +18,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from glm_jax import sizes
 from glm_jax.data import corpus
 from glm_jax.data import feature_converter
 from glm_jax.data import source as source_lib
@@ -44,7 +45,7 @@ def _glm_batches(source, split: str, *, sequence_length: int, batch_size: int, s
   one_pass = split != "train" and num_batches is None
   n = source.num_samples(split, sequence_length) if one_pass else None
   if one_pass:
-    num_batches = max(0, -(-n // (batch_size * per_row)) - start_batch)
+    num_batches = max(0, sizes.ceil_div(n, batch_size * per_row) - start_batch)
   logging.info("Input %s/%s: process rows [%d, %d) of every global batch of %d (stream "
                "positions (i * %d + r) * %d + j), from batch %d.", name, split,
                shard_index * rows, (shard_index + 1) * rows, batch_size, batch_size, per_row,
@@ -66,10 +67,8 @@ def _glm_batches(source, split: str, *, sequence_length: int, batch_size: int, s
   converter = feature_converter.GLMFeatureConverter(pack=pack, pad_id=source.special.pad)
   if pack:
     ds = ds.map(lambda ex: dict(ex, length=tf.shape(ex["tokens"])[0]))
-    ds = ds.padded_batch(rows * per_row, padding_values={
-        "tokens": converter._pad_id, "positions": 0, "sep": 0,  # pylint: disable=protected-access
-        "targets": converter._pad_id, "loss_weights": 0.0, "length": 0,  # pylint: disable=protected-access
-        "valid": False})
+    ds = ds.padded_batch(rows * per_row, padding_values=dict(converter.padding_values,
+                                                              length=0, valid=False))
     ds = ds.map(lambda b: _pack_rows(converter, b, sequence_length, rows),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:

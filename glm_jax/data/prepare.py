@@ -31,14 +31,14 @@ import hashlib
 import json
 import os
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from absl import flags
 from absl import logging
 from etils import epath
 import numpy as np
 
-from glm_jax import gin_utils
+from glm_jax import gin_utils, sizes
 from glm_jax.data import corpus
 from glm_jax.data import prepared
 
@@ -92,7 +92,7 @@ def _tfds_units(name_version: str, data_dir: Optional[str], target: Optional[str
     if target is not None and ours != "train":
       continue
     split = info.splits[theirs]
-    count = max(1, min(split.num_examples, -(-int(split.num_bytes or 1) // unit_bytes)))
+    count = max(1, min(split.num_examples, sizes.ceil_div(int(split.num_bytes or 1), unit_bytes)))
     bounds = [split.num_examples * i // count for i in range(count + 1)]
     role = target or ("validation" if ours == "validation" else
                       ("train" if "validation" in splits else "holdout"))
@@ -109,7 +109,7 @@ def _file_units(path: str, role: str, unit_bytes: int, text_key: Optional[str]) 
   if path.endswith(".gz") or size <= unit_bytes:
     ranges = [(0, None)]
   else:
-    count = -(-size // unit_bytes)
+    count = sizes.ceil_div(size, unit_bytes)
     bounds = [size * i // count for i in range(count + 1)]
     ranges = list(zip(bounds[:-1], bounds[1:]))
   return [{"kind": "file", "path": path, "start": a, "end": b, "jsonl": jsonl, "role": role,

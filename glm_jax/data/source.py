@@ -15,7 +15,6 @@ any batch costs what starting does; memory is independent of the corpus size.
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 from typing import Optional, Sequence, Tuple
@@ -23,6 +22,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from glm_jax import sizes
 from glm_jax.data import objectives
 from glm_jax.data import prepared
 from glm_jax.data import samples
@@ -100,7 +100,7 @@ class GLMSource:
   def num_samples(self, split: str, sequence_length: int) -> int:
     """Samples of one pass over a split: its tokens over the raw sample length."""
     tokens = sum(c.num_tokens(split) for c in self.components)
-    return max(1, math.ceil(tokens / self.raw_length(sequence_length)))
+    return max(1, sizes.ceil_div(tokens, self.raw_length(sequence_length)))
 
   @property
   def reads(self) -> int:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
+from glm_jax import sizes
 from glm_jax.kernels import mask as mask_lib
 from glm_jax.kernels.select import SPLASH_BLOCK
 
@@ -101,7 +102,7 @@ def _sharded(fn, q, k, v, sep, segment_ids):
 def attention(q, k, v, sep=None, segment_ids=None):
   """GLM attention, q, k, v [B, T, N, D] -> [B, T, N, D]; sep [B] or [B, T], segment_ids [B, T]."""
   batch, length = q.shape[0], q.shape[1]
-  padded = -(-length // SPLASH_BLOCK) * SPLASH_BLOCK
+  padded = sizes.round_up(length, SPLASH_BLOCK)
   pad = padded - length
   heads_major = lambda t: jnp.pad(jnp.swapaxes(t, 1, 2), ((0, 0), (0, 0), (0, pad), (0, 0)))  # pylint: disable=unnecessary-lambda-assignment
   if sep is None and segment_ids is None and pad:

@@ -37,8 +37,7 @@ def _scorer(config, out_sharding=None):
   def score(params, batch):
     logits = GLM(config).apply({"params": params}, batch["tokens"], batch["positions"],
                                sep=batch["sep"])  # [B, T, V] float32
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    target_logp = jnp.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
+    target_logp = losses.target_log_probs(logits, batch["targets"])  # [B, T]
     w = batch["loss_weights"]
     hit = losses.target_is_argmax(logits, batch["targets"]) | (w == 0)
     return -jnp.sum(target_logp * w, -1), jnp.sum(w, -1), jnp.all(hit, -1)

@@ -22,12 +22,11 @@ Two conventions (docs/eval_reference.md):
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Tuple
 
 import numpy as np
 
-from glm_jax import paths
+from glm_jax import paths, sizes
 from glm_jax.lm_eval import blank_rows, detokenize
 
 SPLIT_FILES = {"test": "test.txt", "validation": "valid.txt"}
@@ -95,7 +94,7 @@ def num_windows(num_tokens: int, window: int, overlap: int) -> int:
   if not 0 < overlap < window:
     raise ValueError(f"Need 0 < overlap < window tokens, got overlap {overlap}, "
                      f"window {window}.")
-  return max(math.ceil(max(num_tokens - window, 0) / overlap) + 1, 1)
+  return max(sizes.ceil_div(max(num_tokens - window, 0), overlap) + 1, 1)
 
 
 def window_span(index: int, num_tokens: int, window: int, overlap: int) -> Tuple[int, int, int]:

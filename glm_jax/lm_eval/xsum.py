@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import gin
 import numpy as np
 
-from glm_jax import paths
+from glm_jax import paths, sizes
 from glm_jax import task_mask as task_mask_lib
 from glm_jax.lm_eval import blank_rows
 
@@ -123,7 +122,7 @@ def num_train_steps(path: str = gin.REQUIRED, split: str = "train", *, epochs: i
   """epochs * ceil(examples / batch_size): the reference's epochs as optimizer updates."""
   n = len(read(path, split))
   n = min(n, num_examples) if num_examples else n
-  return int(epochs * math.ceil(n / batch_size))
+  return int(epochs * sizes.ceil_div(n, batch_size))
 
 
 @gin.configurable

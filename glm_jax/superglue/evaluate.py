@@ -21,10 +21,9 @@ import gin
 import jax
 import numpy as np
 
-from glm_jax import partitioning, paths
+from glm_jax import partitioning, paths, sizes
 from glm_jax.superglue import inputs
 from glm_jax.superglue import metrics as metrics_lib
-from glm_jax.superglue import patterns
 from glm_jax.superglue import scoring
 from glm_jax.superglue.model import ClozeModel
 
@@ -34,10 +33,6 @@ DEFAULT_LENGTHS = {"boolq": 256, "cb": 256, "copa": 256, "multirc": 512, "record
                    "rte": 256, "wic": 256, "wsc": 128}
 DEFAULT_LOSSES = {"wsc": "mix"}
 DEFAULT_LENGTH_PENALTIES = {"wsc": 1.0}
-
-
-def _bucket(x: int, multiple: int) -> int:
-  return int(math.ceil(x / multiple) * multiple)
 
 
 def _json_value(value: Any) -> Any:
@@ -80,7 +75,7 @@ def score_task(model: ClozeModel, params, split: inputs.EncodedSplit, *, batch_s
     enc = [split.encoded[i] for i in rows]
     need = max(_row_length(e, layout) for e in enc)
     c = 1 if layout == "generative" else max(len(e.answers) for e in enc)
-    batch = inputs.make_batch(enc, [0] * len(enc), sequence_length=_bucket(need, 64),
+    batch = inputs.make_batch(enc, [0] * len(enc), sequence_length=sizes.round_up(need, 64),
                               batch_size=batch_size, num_candidates=2 ** math.ceil(math.log2(c)),
                               layout=layout)
     scores = np.asarray(score_fn(params, batch))

@@ -9,7 +9,6 @@ every Part B position = the mask's position, block positions 1..n.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import random
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
@@ -17,6 +16,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 import gin
 import numpy as np
 
+from glm_jax import sizes
 from glm_jax.superglue import patterns
 from glm_jax.superglue import sources
 
@@ -183,10 +183,6 @@ def training_examples(task: str, records: Sequence[dict],
       raise ValueError(f"{e.task} training example {e.idx} has no label; train on the train "
                        "split only.")
   return examples
-
-
-def _round_up(x: int, multiple: int) -> int:
-  return int(math.ceil(x / multiple) * multiple)
 
 
 def make_batch(encoded: Sequence[patterns.EncodedCloze], labels: Sequence[int], *,
@@ -370,7 +366,7 @@ def get_batches(name: str, split: str, *, sequence_length: int, batch_size: int,
   c = _num_candidates(task, data.encoded, max_candidates)
   per_shard = batch_size // num_shards
   n = len(data.examples)
-  per_epoch = math.ceil(n / batch_size)
+  per_epoch = sizes.ceil_div(n, batch_size)
   kwargs = dict(sequence_length=sequence_length, batch_size=per_shard, num_candidates=c,
                 layout=layout)
   step = start_batch
@@ -396,7 +392,7 @@ def steps_per_epoch(name: str, batch_size: int, split: str = "train",
   """Train batches in one epoch of a task (WSC filtered, COPA mirrored, ReCoRD per answer)."""
   task, _ = parse_task_name(name)
   examples = training_examples(task, load_records(name, split), max_candidates=max_candidates)
-  return math.ceil(len(examples) / batch_size)
+  return sizes.ceil_div(len(examples), batch_size)
 
 
 @gin.configurable

@@ -18,6 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from glm_jax import losses
+
 # Score of padded (absent) candidates: finite, so that softmax and CE never see NaN.
 INVALID_SCORE = -1e9
 
@@ -42,13 +44,6 @@ def verbalizer_scores(logits, sep, candidate_ids):
   return jnp.take_along_axis(first_b, candidate_ids.astype(jnp.int32), axis=-1)
 
 
-def token_log_probs(logits, targets):
-  """log_softmax(logits)[target] in float32, [..., T]."""
-  logits = logits.astype(jnp.float32)
-  target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)
-  return target_logit[..., 0] - jax.nn.logsumexp(logits, axis=-1)
-
-
 def shared_candidate_mask(sep, candidate_index):
   """Mask [B, T, T] for the shared layout; candidate_index [B, T] is -1 on Part A / padding.
 
@@ -66,7 +61,7 @@ def shared_candidate_mask(sep, candidate_index):
 
 def shared_scores(logits, targets, loss_weights, candidate_index, num_candidates: int):
   """Sum of answer-token log-probs per candidate of the shared layout, [B, C]."""
-  logp = token_log_probs(logits, targets) * loss_weights  # [B, T]
+  logp = losses.target_log_probs(logits, targets) * loss_weights  # [B, T]
   onehot = jax.nn.one_hot(candidate_index, num_candidates, dtype=jnp.float32)  # [B, T, C]
   return jnp.einsum("bt,btc->bc", logp, onehot)
 
@@ -82,7 +77,7 @@ def generative_outputs(apply_fn, batch, **apply_kwargs):
   layout."""
   logits = apply_fn(batch["tokens"], batch["positions"], sep=batch["sep"], **apply_kwargs)
   w = batch["loss_weights"]
-  nll = -jnp.sum(token_log_probs(logits, batch["targets"]) * w, axis=-1)
+  nll = -jnp.sum(losses.target_log_probs(logits, batch["targets"]) * w, axis=-1)
   hit = (jnp.argmax(logits, axis=-1) == batch["targets"]) | (w == 0)
   return nll, jnp.sum(w, axis=-1), jnp.all(hit, axis=-1)
 
@@ -104,7 +99,7 @@ def candidate_scores(apply_fn, batch, length_penalty: float = 0.0, **apply_kwarg
     logits = apply_fn(batch["tokens"].reshape(b * c, t),
                       batch["positions"].reshape(b * c, 2, t),
                       sep=batch["sep"].reshape(b * c), **apply_kwargs)
-    logp = token_log_probs(logits, batch["targets"].reshape(b * c, t))
+    logp = losses.target_log_probs(logits, batch["targets"].reshape(b * c, t))
     weights = batch["loss_weights"].reshape(b * c, t)
     scores = _penalized(jnp.sum(logp * weights, axis=-1),
                         jnp.sum(weights, axis=-1), length_penalty).reshape(b, c)

@@ -16,6 +16,7 @@ import dataclasses
 import json
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from glm_jax import sizes
 from glm_jax.data.special_tokens import SpecialTokens
 from glm_jax.data.vocab import files
 
@@ -32,7 +33,7 @@ ROLE_OF_NAME = {"pad": "pad", "eos": "eos", "sep": "sep", "ENC": "cls", "MASK": 
 
 def padded_size(size: int, multiple: int = PAD_MULTIPLE) -> int:
   """`size` rounded up to a multiple of `multiple`."""
-  return -(-size // multiple) * multiple
+  return sizes.round_up(size, multiple)
 
 
 def sentence_end_ids(pieces: Sequence[str], skip: Iterable[int] = ()) -> Tuple[int, ...]:

@@ -4,4 +4,6 @@ attention.py: the blocked attention core with a hand-written backward; matmul.py
 whose weight gradients are row-major matmuls. The network turns them on through
 glm_jax.kernels.select (attention_kernel 'auto' on a single-device CPU, or 'cpu_blocked');
 on GPUs, TPUs and sharded meshes the compilers choose these layouts themselves.
+dropout.py: the hash dropout every dropout of the network draws with dropout_implementation
+'hash' (the default, on any platform; threefry costs XLA:CPU ~100x more).
 """

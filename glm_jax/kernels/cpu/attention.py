@@ -11,7 +11,7 @@ transposes the probabilities for dV = P^T dO and reduces rowsum(dP * P) inside a
   the fast kernels take) and the softmax correction from rowsum(dO * O) (FlashAttention's D,
   exact with dropout);
 - scores are recomputed from q, k and the saved log-sum-exp, and the dropout mask from its hash
-  key (glm_jax/dropout.py, indexed by the element's place in the whole tensor, so blocks do not
+  key (dropout.py, indexed by the element's place in the whole tensor, so blocks do not
   change it): only out and lse are kept besides the inputs.
 """
 
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from glm_jax import dropout as dropout_lib
+from glm_jax.kernels.cpu import dropout as dropout_lib
 from glm_jax.kernels.mask import MASK_FILL
 
 # Float32 scores per block. The backward's blocks are half the forward's: measured on a 2-core
@@ -48,19 +48,12 @@ def _scores(q, k, mask):
   return jnp.where(mask[None], s, MASK_FILL)
 
 
-def _dropped(x, key, rate, row_offset):
-  if rate == 0.0:
-    return x
-  keep = dropout_lib.keep_mask(key, x.shape, rate, row_offset)
-  return jnp.where(keep, x * (1.0 / (1.0 - rate)), 0.0)
-
-
 def _block_forward(q, k, v, mask, key, rate, row_offset):
   s = _scores(q, k, mask)
   m = jnp.max(s, axis=-1, keepdims=True)
   e = jnp.exp(s - m)
   total = jnp.sum(e, axis=-1, keepdims=True)
-  p = _dropped(e / total, key, rate, row_offset)
+  p = dropout_lib.hash_dropout(e / total, key, rate, row_offset)
   out = jnp.einsum("gqk,gkd->gqd", p.astype(v.dtype), v)
   return out, m + jnp.log(total)  # lse [G, Tq, 1]
 
@@ -76,9 +69,9 @@ def _block_backward(q, q_t, k, v, mask, key, rate, row_offset, lse, correction, 
   d_out = d_out.astype(dtype)
   # dV^T = dO^T P and dK^T = Q^T dS from transposed [T, D] operands: both dots then contract
   # the left operand's last axis and the right one's first, the layout the fast kernels take.
-  dv = jnp.einsum("gdq,gqk->gdk", d_out_t, _dropped(p, key, rate, row_offset).astype(dtype))
+  dv = jnp.einsum("gdq,gqk->gdk", d_out_t, dropout_lib.hash_dropout(p, key, rate, row_offset).astype(dtype))
   dp = jnp.einsum("gqd,gkd->gqk", d_out, v, preferred_element_type=jnp.float32)
-  dp = _dropped(dp, key, rate, row_offset)  # the forward's mask and scale
+  dp = dropout_lib.hash_dropout(dp, key, rate, row_offset)  # the forward's mask and scale
   ds = (p * (dp - correction)).astype(dtype)
   dq = jnp.einsum("gqk,gkd->gqd", ds, k)
   dk = jnp.einsum("gdq,gqk->gdk", q_t, ds)
@@ -148,12 +141,3 @@ def _backward(rate, residuals, d_out):
 
 attention_core.defvjp(_forward, _backward)
 
-
-def attention_reference(q, k, v, mask, key, rate: float):
-  """The same function as `attention_core` in plain jnp, differentiated by autodiff (tests)."""
-  s = jnp.einsum("bnqd,bnkd->bnqk", q, k, preferred_element_type=jnp.float32)
-  s = jnp.where(mask[:, None], s, MASK_FILL)
-  p = jax.nn.softmax(s, axis=-1)
-  if rate:
-    p = jnp.where(dropout_lib.keep_mask(key, p.shape, rate), p / (1.0 - rate), 0.0)
-  return jnp.einsum("bnqk,bnkd->bnqd", p.astype(v.dtype), v)

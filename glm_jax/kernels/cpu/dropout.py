@@ -53,6 +53,21 @@ def keep_mask(key, shape, rate: float, row_offset=0) -> jax.Array:
   return hash_bits(key, shape, row_offset) >= jnp.uint32(threshold)
 
 
+def hash_key(module: nn.Module) -> jax.Array:
+  """One uint32[2] key from the module's 'dropout' stream (one per layer call)."""
+  return jax.random.bits(module.make_rng("dropout"), (2,), jnp.uint32)
+
+
+def hash_dropout(x, key, rate: float, row_offset=0) -> jax.Array:
+  """Inverted dropout of x with `key`'s mask: kept elements times 1 / (1 - rate), others 0."""
+  if rate == 0.0:
+    return x
+  if rate >= 1.0:
+    return jnp.zeros_like(x)
+  keep = keep_mask(key, x.shape, rate, row_offset)
+  return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros((), x.dtype))
+
+
 class Dropout(nn.Module):
   """Inverted dropout: zeroes with probability `rate`, scales the rest by 1 / (1 - rate)."""
 
@@ -68,9 +83,4 @@ class Dropout(nn.Module):
     if self.implementation != "hash":
       raise ValueError(f"dropout implementation must be one of {IMPLEMENTATIONS}, got "
                        f"{self.implementation!r}.")
-    if self.rate >= 1.0:
-      return jnp.zeros_like(x)
-    key = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
-    keep = keep_mask(key, x.shape, self.rate)
-    return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype),
-                     jnp.zeros((), x.dtype))
+    return hash_dropout(x, hash_key(self), self.rate)
