@@ -30,7 +30,7 @@ import gin
 import jax
 import numpy as np
 
-from glm_jax import decoding, flops, models, optim, partitioning, trainer as trainer_lib
+from glm_jax import decoding, flops, model_api, optim, partitioning, trainer as trainer_lib
 from glm_jax.data.special_tokens import SpecialTokens
 from glm_jax.kernels import cudnn
 from glm_jax.model import GLMConfig
@@ -85,7 +85,7 @@ def train_step(cfg: GLMConfig, kernel: str, seq: int, peak: float) -> dict:
   partitioner = partitioning.Partitioner(partitioning.MeshConfig(data=1),
                                          devices=jax.devices()[:1])
   tx, lr = optim.create_optimizer(learning_rate=1e-4, warmup_steps=10, total_steps=1000)
-  trainer = trainer_lib.Trainer(models.BlankInfillingModel(cfg), partitioner, tx, lr)
+  trainer = trainer_lib.Trainer(model_api.BlankInfillingModel(cfg), partitioner, tx, lr)
   state = trainer.init_state(jax.random.PRNGKey(0))
   batches = [partitioner.shard_batch(make_batch(cfg, rows, seq, i), rows) for i in range(2)]
   start = time.perf_counter()
@@ -111,7 +111,7 @@ def train_step(cfg: GLMConfig, kernel: str, seq: int, peak: float) -> dict:
 
 def decode(cfg: GLMConfig, batch: int) -> dict:
   params, cfg = decoding.unstack_layers(
-      models.BlankInfillingModel(cfg).init_params(jax.random.PRNGKey(0)), cfg)
+      model_api.BlankInfillingModel(cfg).init_params(jax.random.PRNGKey(0)), cfg)
   v = cfg.vocab_size
   special = SpecialTokens(pad=0, eos=0, **{k: v - 1 - i for i, k in enumerate(ROLES)})
   context = np.random.RandomState(0).randint(10, v - 20, (batch, FLAGS.context)).astype(np.int32)

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 # pylint: disable=g-import-not-at-top
-from glm_jax import flops, models, optim, partitioning, trainer as trainer_lib
+from glm_jax import flops, model_api, optim, partitioning, trainer as trainer_lib
 from glm_jax.model import GLMConfig
 sys.path.insert(0, os.path.dirname(__file__))
 import shapes
@@ -68,7 +68,7 @@ def bench(name: str) -> dict:
   cfg = load_config(name)
   partitioner = partitioning.Partitioner(partitioning.MeshConfig())
   tx, lr = optim.create_optimizer(learning_rate=1e-4, warmup_steps=10, total_steps=1000)
-  trainer = trainer_lib.Trainer(models.BlankInfillingModel(cfg), partitioner, tx, lr,
+  trainer = trainer_lib.Trainer(model_api.BlankInfillingModel(cfg), partitioner, tx, lr,
                                 num_microbatches=FLAGS.microbatches)
   state = trainer.init_state(jax.random.PRNGKey(0))
   batches = [partitioner.shard_batch(make_batch(cfg, FLAGS.batch, FLAGS.seq_len, i), FLAGS.batch)

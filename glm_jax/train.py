@@ -37,7 +37,7 @@ from glm_jax import checkpoints, distributed, flops, gin_utils, metrics_writer, 
 from glm_jax import partitioning, paths, run_lock, run_report, settings
 from glm_jax import trainer as trainer_lib
 from glm_jax.data import corpus
-from glm_jax.models import BaseModel, BlankInfillingModel
+from glm_jax.model_api import BaseModel, BlankInfillingModel
 
 FLAGS = flags.FLAGS
 
@@ -210,7 +210,7 @@ def print_sample_fill(params, config, vocab_spec: str,
                       length_penalty: float = 1.0) -> Optional[str]:
   """The trained model's fill of one blank (glm_jax.generate: greedy or beam search), printed
   by process 0; `python -m glm_jax.infer` with the same flags gives the same fill."""
-  from glm_jax import generate as generate_lib  # pylint: disable=g-import-not-at-top
+  from glm_jax import generation as generate_lib  # pylint: disable=g-import-not-at-top
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   if strategy not in ("greedy", "beam"):
     raise ValueError(f"train.print_sample_fill.strategy must be 'greedy' or 'beam' (a "
