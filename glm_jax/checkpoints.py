@@ -469,7 +469,8 @@ def save_params_checkpoint(directory: str, params, config: GLMConfig, vocab_spec
 
 
 def _read_step_meta(step_dir) -> dict:
-  return paths.read_json(paths.resolve(step_dir) / META_ITEM / "metadata")
+  """The meta item of a step directory, read by orbax's JSON handler (as restore_latest)."""
+  return dict(ocp.JsonCheckpointHandler().restore(paths.resolve(step_dir) / META_ITEM))
 
 
 def _restore_tree(path, abstract=None):
