@@ -174,3 +174,31 @@ def test_unreadable_reason_tells_lost_bytes_from_other_errors():
   for error in (ValueError("Requested shape: (64, 32) is not compatible with the stored shape"),
                 ValueError("UNAVAILABLE: connection reset"), MemoryError(), KeyError("params")):
     assert checkpoints.unreadable_reason(error) is None
+
+
+@pytest.mark.usefixtures("clean_gin")
+def test_checkpoint_config_gives_the_fine_tuning_runs_their_network(tmp_path):
+  """checkpoints.checkpoint_config: the saved GLMConfig, dropout replaced; bound by both runs."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from glm_jax import gin_utils, model as model_lib  # pylint: disable=g-import-not-at-top
+  import glm_jax.train  # pylint: disable=g-import-not-at-top,unused-import
+  from glm_jax.model_api import BlankInfillingModel  # pylint: disable=g-import-not-at-top
+  from glm_jax.superglue.cloze_model import ClozeModel  # pylint: disable=g-import-not-at-top
+  saved = CFG.replace(embedding_dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0)
+  ckpt = checkpoints.save_params_checkpoint(
+      str(tmp_path / "ckpt"), model_lib.init_params(saved, jax.random.PRNGKey(0)), saved,
+      "builtin")
+  assert checkpoints.checkpoint_config(ckpt) == saved
+  tuned = saved.replace(embedding_dropout=0.1, attention_dropout=0.1, hidden_dropout=0.1)
+  assert checkpoints.checkpoint_config(ckpt, dropout=0.1) == tuned
+  with pytest.raises(ValueError, match="INIT_CHECKPOINT"):
+    checkpoints.checkpoint_config(None)
+  with pytest.raises(FileNotFoundError, match="No GLM checkpoint"):
+    checkpoints.checkpoint_config(str(tmp_path / "missing"))
+  for gin_file, model_class, bindings in (
+      ("configs/runs/finetune_superglue.gin", ClozeModel, ["TASK = 'rte'"]),
+      ("configs/runs/finetune_xsum.gin", BlankInfillingModel, [f"MODEL_DIR = '{tmp_path}'"])):
+    gin.clear_config()
+    gin_utils.parse_gin([gin_file], [f"INIT_CHECKPOINT = '{ckpt}'", *bindings])
+    model = gin.query_parameter("train.train.model").scoped_configurable_fn()
+    assert type(model) is model_class and model.config == tuned, gin_file
