@@ -20,7 +20,7 @@ import gin
 import jax
 import numpy as np
 
-from glm_jax import decoding, models, optim, trainer as trainer_lib
+from glm_jax import decoding, model_api, optim, trainer as trainer_lib
 from glm_jax.data.special_tokens import SpecialTokens
 from glm_jax.model import GLMConfig
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -72,7 +72,7 @@ def timed(fn) -> float:
 def create_trainer(cfg: GLMConfig, partitioner, num_microbatches: int = 1):
   """(Trainer of BlankInfillingModel with AdamW at 1e-4, its initial state)."""
   tx, lr = optim.create_optimizer(learning_rate=1e-4, warmup_steps=10, total_steps=1000)
-  trainer = trainer_lib.Trainer(models.BlankInfillingModel(cfg), partitioner, tx, lr,
+  trainer = trainer_lib.Trainer(model_api.BlankInfillingModel(cfg), partitioner, tx, lr,
                                 num_microbatches=num_microbatches)
   return trainer, trainer.init_state(jax.random.PRNGKey(0))
 
@@ -103,7 +103,7 @@ def greedy_filler(cfg: GLMConfig, rows: int, context: int, new_tokens: int):
   """(layer-unstacked cfg, run(use_cache=True, steps=new_tokens) -> generated lengths [rows]):
   greedy filling of `rows` random contexts ([CLS] first, [gMASK] last), eop suppressed."""
   params, cfg = decoding.unstack_layers(
-      models.BlankInfillingModel(cfg).init_params(jax.random.PRNGKey(0)), cfg)
+      model_api.BlankInfillingModel(cfg).init_params(jax.random.PRNGKey(0)), cfg)
   v = cfg.vocab_size
   special = SpecialTokens(pad=0, eos=0, **{k: v - 1 - i for i, k in enumerate(ROLES)})
   # Ids clear of pad and of the roles: no other blank or end in the context.
@@ -111,12 +111,12 @@ def greedy_filler(cfg: GLMConfig, rows: int, context: int, new_tokens: int):
   ids[:, 0], ids[:, -1] = special.cls, special.gmask
   lengths = np.full((rows,), context, np.int32)
   masks = np.full((rows, 1), context - 1, np.int32)
-  dc = decoding.DecodeConfig(max_new_tokens=new_tokens, min_length=new_tokens,
-                             max_steps=new_tokens)
+  decode_config = decoding.DecodeConfig(max_new_tokens=new_tokens, min_length=new_tokens,
+                                        max_steps=new_tokens)
 
   def run(use_cache: bool = True, steps: int = new_tokens):
     return decoding.fill_blanks(params, cfg, special, ids, lengths, masks,
-                                decode_config=dc.replace(max_steps=steps),
+                                decode_config=decode_config.replace(max_steps=steps),
                                 use_cache=use_cache).lengths
 
   return cfg, run

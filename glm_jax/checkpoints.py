@@ -28,12 +28,14 @@ from typing import Any, Optional, Tuple
 
 from absl import flags, logging  # pylint: disable=g-multiple-import
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from glm_jax import digests as digests_lib
 from glm_jax import gin_utils, paths
+from glm_jax import model as model_lib
 from glm_jax.model import GLMConfig
 
 STATE_ITEM = "state"
@@ -492,7 +494,8 @@ def save_params_checkpoint(directory: str, params, config: GLMConfig, vocab_spec
 
 
 def _read_step_meta(step_dir) -> dict:
-  return paths.read_json(paths.resolve(step_dir) / META_ITEM / "metadata")
+  """The meta item of a step directory, read by orbax's JSON handler (as restore_latest)."""
+  return dict(ocp.JsonCheckpointHandler().restore(paths.resolve(step_dir) / META_ITEM))
 
 
 def _restore_tree(path, abstract=None):
@@ -601,6 +604,27 @@ def read_config(path: str) -> Tuple[GLMConfig, str, int]:
                      "an intact checkpoint.") from None
 
 
+@gin.configurable
+def checkpoint_config(path: Optional[str], dropout: Optional[float] = None) -> GLMConfig:
+  """read_config's GLMConfig, for gin: a fine-tuning run's network from INIT_CHECKPOINT.
+
+  `dropout` (the reference fine-tunes with 0.1) replaces the embedding, attention and hidden
+  dropout.
+  """
+  if not path:
+    raise ValueError("Set INIT_CHECKPOINT (or CHECKPOINT) to a GLM checkpoint directory.")
+  try:
+    config, _, _ = read_config(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"No GLM checkpoint at {path!r}; pass a params-only checkpoint or "
+                            "a MODEL_DIR with saved steps as INIT_CHECKPOINT / CHECKPOINT."
+                            ) from None
+  if dropout is not None:
+    config = config.replace(embedding_dropout=dropout, attention_dropout=dropout,
+                            hidden_dropout=dropout)
+  return config
+
+
 def _same_vocabulary(saved: str, wanted: str) -> bool:
   """Whether two vocabulary specs name the same vocabulary (paths compared absolute)."""
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
@@ -642,8 +666,7 @@ def check_same_run(model_dir: str, config: GLMConfig, vocab_spec: str) -> Option
 
 def abstract_params(config: GLMConfig, partitioner):
   """ShapeDtypeStructs of the network's parameters in the partitioner's shardings."""
-  from glm_jax.models import BlankInfillingModel  # pylint: disable=g-import-not-at-top
-  boxed = BlankInfillingModel(config).abstract_params()
+  boxed = model_lib.abstract_params(config)
   shardings = partitioner.param_shardings(boxed)
   return jax.tree_util.tree_map(
       lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),

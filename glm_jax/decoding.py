@@ -100,11 +100,11 @@ def unstack_layers(params, config: model_lib.GLMConfig):
 
 
 def _cached_init(params, config, context, context_length, max_out):
-  rows, tc = context.shape
-  cache = model_lib.init_cache(config, rows, tc + max_out)
-  positions = jnp.stack([jnp.broadcast_to(jnp.arange(tc), (rows, tc)),
-                         jnp.zeros((rows, tc), jnp.int32)], axis=1)
-  valid = (jnp.arange(tc)[None, :] < context_length[:, None]).astype(jnp.int32)
+  rows, width = context.shape  # width: Tc
+  cache = model_lib.init_cache(config, rows, width + max_out)
+  positions = jnp.stack([jnp.broadcast_to(jnp.arange(width), (rows, width)),
+                         jnp.zeros((rows, width), jnp.int32)], axis=1)
+  valid = (jnp.arange(width)[None, :] < context_length[:, None]).astype(jnp.int32)
   # The prefill's logits are unused, so XLA drops the output projection for Part A.
   _, mutated = model_lib.GLM(config).apply(
       {"params": params, "cache": cache}, context, positions, sep=context_length,
@@ -124,24 +124,24 @@ def _cached_step(params, config, cache, token, position, valid):
 
 def _full_init(params, config, context, context_length, max_out):
   del params, config
-  rows, tc = context.shape
-  total = tc + max_out
-  tokens = jnp.zeros((rows, total), jnp.int32).at[:, :tc].set(context)
-  positions = jnp.zeros((rows, 2, total), jnp.int32).at[:, 0, :tc].set(jnp.arange(tc))
+  rows, width = context.shape
+  total = width + max_out
+  tokens = jnp.zeros((rows, total), jnp.int32).at[:, :width].set(context)
+  positions = jnp.zeros((rows, 2, total), jnp.int32).at[:, 0, :width].set(jnp.arange(width))
   valid = jnp.arange(total)[None, :] < context_length[:, None]
   return {"tokens": tokens, "positions": positions, "valid": valid, "sep": context_length,
-          "index": jnp.asarray(tc, jnp.int32)}
+          "index": jnp.asarray(width, jnp.int32)}
 
 
 def _full_step(params, config, state, token, position, valid):
   """Recomputes the whole sequence (no cache) and returns the newest token's logits."""
   i = state["index"]
   rows = token.shape[0]
-  row = jnp.arange(rows)
+  row_ids = jnp.arange(rows)
   state = dict(state)
-  state["tokens"] = state["tokens"].at[row, i].set(token)
-  state["positions"] = state["positions"].at[row, :, i].set(position)
-  state["valid"] = state["valid"].at[row, i].set(valid)
+  state["tokens"] = state["tokens"].at[row_ids, i].set(token)
+  state["positions"] = state["positions"].at[row_ids, :, i].set(position)
+  state["valid"] = state["valid"].at[row_ids, i].set(valid)
   total = state["tokens"].shape[1]
   index = jnp.arange(total)
   mask = model_lib.attention_mask(index, index, state["sep"], key_valid=state["valid"])
@@ -162,9 +162,9 @@ def _gather_rows(tree, rows):
 # ------------------------------------------------------------------------ logit shaping
 
 
-def _end_tokens(special, dc: DecodeConfig):
+def _end_tokens(special, decode_config: DecodeConfig):
   ends = [special.eop]
-  if dc.stop_at_eos and special.eos != special.eop:
+  if decode_config.stop_at_eos and special.eos != special.eop:
     ends.append(special.eos)
   return jnp.asarray(ends, jnp.int32)
 
@@ -189,32 +189,34 @@ def _banned_ngrams(out, out_len, n: int, vocab_size: int):
       match, mode="drop")
 
 
-def _shape_logits(logits, st, ends, special, dc: DecodeConfig):
+def _shape_logits(logits, progress, ends, special, decode_config: DecodeConfig):
   """Length limits and no-repeat n-grams on raw logits [R, V] (float32)."""
   vocab = logits.shape[-1]
-  generated = st["block_pos"] - 1  # tokens of the current blank so far
+  generated = progress["block_pos"] - 1  # tokens of the current blank so far
   is_end = jnp.zeros((vocab,), bool).at[ends].set(True)
-  too_short = (generated < dc.min_length)[:, None] & is_end[None, :]
-  too_long = (generated >= dc.max_new_tokens)[:, None] & (jnp.arange(vocab) != special.eop)[None]
+  too_short = (generated < decode_config.min_length)[:, None] & is_end[None, :]
+  too_long = ((generated >= decode_config.max_new_tokens)[:, None]
+              & (jnp.arange(vocab) != special.eop)[None])
   logits = jnp.where(too_short | too_long, NEG, logits)
-  if dc.no_repeat_ngram_size > 0:
-    banned = _banned_ngrams(st["out"], st["out_len"], dc.no_repeat_ngram_size, vocab)
+  if decode_config.no_repeat_ngram_size > 0:
+    banned = _banned_ngrams(progress["out"], progress["out_len"],
+                            decode_config.no_repeat_ngram_size, vocab)
     banned &= ~is_end[None, :]  # never ban closing a blank
     logits = jnp.where(banned, NEG, logits)
   return logits
 
 
-def _sample(logits, key, dc: DecodeConfig):
+def _sample(logits, key, decode_config: DecodeConfig):
   """Temperature, top-k and top-p (nucleus) sampling from logits [R, V]."""
-  logits = logits / dc.temperature
-  if dc.top_k > 0:
-    kth = jax.lax.top_k(logits, min(dc.top_k, logits.shape[-1]))[0][:, -1:]
-    logits = jnp.where(logits < kth, NEG, logits)
-  if 0.0 < dc.top_p < 1.0:
+  logits = logits / decode_config.temperature
+  if decode_config.top_k > 0:
+    kth_largest = jax.lax.top_k(logits, min(decode_config.top_k, logits.shape[-1]))[0][:, -1:]
+    logits = jnp.where(logits < kth_largest, NEG, logits)
+  if 0.0 < decode_config.top_p < 1.0:
     sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
-    kept = jnp.where(before < dc.top_p, sorted_logits, jnp.inf)
+    kept = jnp.where(before < decode_config.top_p, sorted_logits, jnp.inf)
     cutoff = jnp.min(kept, axis=-1, keepdims=True)  # the smallest logit still kept
     logits = jnp.where(logits < cutoff, NEG, logits)
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
@@ -234,162 +236,175 @@ def _initial_rows(rows, max_out, special):
   }
 
 
-def _feed(st, mask_positions, max_position):
+def _feed(progress, mask_positions, max_position):
   """Position [R, 2] of the fed token: its blank's mask position and block position."""
   num_masks = mask_positions.shape[1]
-  blank = jnp.minimum(st["blank"], num_masks - 1)
-  pos = jnp.take_along_axis(mask_positions, blank[:, None], axis=1)[:, 0]
-  return jnp.stack([pos, jnp.minimum(st["block_pos"], max_position)], axis=-1)
+  blank = jnp.minimum(progress["blank"], num_masks - 1)
+  mask_position = jnp.take_along_axis(mask_positions, blank[:, None], axis=1)[:, 0]
+  return jnp.stack([mask_position, jnp.minimum(progress["block_pos"], max_position)], axis=-1)
 
 
-def _advance(st, chosen, num_blanks, ends, special):
+def _advance(progress, chosen, num_blanks, ends, special):
   """Records `chosen` [R] for every live row and prepares the next fed token."""
-  live = ~st["done"]
-  rows, max_out = st["out"].shape
+  live = ~progress["done"]
+  rows, max_out = progress["out"].shape
   is_end = jnp.any(chosen[:, None] == ends[None, :], axis=-1)
-  write_at = jnp.where(live, st["out_len"], max_out)  # out of range: dropped
-  blank = st["blank"] + (is_end & live)
+  write_at = jnp.where(live, progress["out_len"], max_out)  # out of range: dropped
+  blank = progress["blank"] + (is_end & live)
   return {
-      "out": st["out"].at[jnp.arange(rows), write_at].set(chosen, mode="drop"),
-      "out_len": st["out_len"] + live,
+      "out": progress["out"].at[jnp.arange(rows), write_at].set(chosen, mode="drop"),
+      "out_len": progress["out_len"] + live,
       "blank": blank,
-      "done": st["done"] | (is_end & (blank >= num_blanks)),
+      "done": progress["done"] | (is_end & (blank >= num_blanks)),
       "token": jnp.where(is_end, special.sop, chosen).astype(jnp.int32),
-      "block_pos": jnp.where(is_end, 1, st["block_pos"] + 1),
+      "block_pos": jnp.where(is_end, 1, progress["block_pos"] + 1),
   }
 
 
 # ------------------------------------------------------------------- greedy / sampling
 
 
-def _step_limit(max_out: int, dc: DecodeConfig) -> int:
-  return min(max_out, dc.max_steps) if dc.max_steps else max_out
+def _step_limit(max_out: int, decode_config: DecodeConfig) -> int:
+  return min(max_out, decode_config.max_steps) if decode_config.max_steps else max_out
 
 
 def _decode_simple(params, context, context_length, mask_positions, num_blanks, rng, *,
-                   config, special, dc: DecodeConfig, use_cache: bool, return_logits: bool):
+                   config, special, decode_config: DecodeConfig, use_cache: bool,
+                   return_logits: bool):
   rows = context.shape[0]
-  max_out = mask_positions.shape[1] * (dc.max_new_tokens + 1)
-  limit = _step_limit(max_out, dc)
+  max_out = mask_positions.shape[1] * (decode_config.max_new_tokens + 1)
+  limit = _step_limit(max_out, decode_config)
   init_fn, step_fn = _network(use_cache)
-  ends = _end_tokens(special, dc)
-  net = init_fn(params, config, context, context_length, max_out)
-  st = _initial_rows(rows, max_out, special)
+  ends = _end_tokens(special, decode_config)
+  network_state = init_fn(params, config, context, context_length, max_out)
+  progress = _initial_rows(rows, max_out, special)
   score = jnp.zeros((rows,), jnp.float32)
   record = (jnp.zeros((rows, max_out, config.vocab_size), jnp.float32) if return_logits
             else jnp.zeros((), jnp.float32))
 
   def cond(carry):
-    step, st = carry[0], carry[1]
-    return (step < limit) & ~jnp.all(st["done"])
+    step, progress = carry[0], carry[1]
+    return (step < limit) & ~jnp.all(progress["done"])
 
   def body(carry):
-    step, st, net, score, record = carry
-    position = _feed(st, mask_positions, config.max_sequence_length)
-    token = jnp.where(st["done"], special.pad, st["token"])
-    logits, net = step_fn(params, config, net, token, position, ~st["done"])
+    step, progress, network_state, score, record = carry
+    position = _feed(progress, mask_positions, config.max_sequence_length)
+    token = jnp.where(progress["done"], special.pad, progress["token"])
+    logits, network_state = step_fn(params, config, network_state, token, position,
+                                    ~progress["done"])
     if return_logits:
       record = jax.lax.dynamic_update_index_in_dim(record, logits, step, axis=1)
-    shaped = _shape_logits(logits, st, ends, special, dc)
-    if dc.strategy == "sample":
-      chosen = _sample(shaped, jax.random.fold_in(rng, step), dc)
+    shaped = _shape_logits(logits, progress, ends, special, decode_config)
+    if decode_config.strategy == "sample":
+      chosen = _sample(shaped, jax.random.fold_in(rng, step), decode_config)
     else:
       chosen = jnp.argmax(shaped, axis=-1).astype(jnp.int32)
-    logp = jax.nn.log_softmax(shaped, axis=-1)
-    score += jnp.where(st["done"], 0.0, jnp.take_along_axis(logp, chosen[:, None], 1)[:, 0])
-    st = _advance(st, chosen, num_blanks, ends, special)
-    return step + 1, st, net, score, record
+    log_probs = jax.nn.log_softmax(shaped, axis=-1)
+    chosen_log_prob = jnp.take_along_axis(log_probs, chosen[:, None], 1)[:, 0]
+    score += jnp.where(progress["done"], 0.0, chosen_log_prob)
+    progress = _advance(progress, chosen, num_blanks, ends, special)
+    return step + 1, progress, network_state, score, record
 
-  _, st, _, score, record = jax.lax.while_loop(
-      cond, body, (jnp.asarray(0, jnp.int32), st, net, score, record))
-  return DecodeResult(st["out"], st["out_len"], score, record if return_logits else None)
+  _, progress, _, score, record = jax.lax.while_loop(
+      cond, body, (jnp.asarray(0, jnp.int32), progress, network_state, score, record))
+  return DecodeResult(progress["out"], progress["out_len"], score,
+                      record if return_logits else None)
 
 
 # -------------------------------------------------------------------------- beam search
 
 
-def _length_norm(score, length, alpha):
-  return score / jnp.maximum(length, 1).astype(jnp.float32) ** alpha
+def _length_norm(score, length, penalty):
+  return score / jnp.maximum(length, 1).astype(jnp.float32) ** penalty
 
 
 def _decode_beam(params, context, context_length, mask_positions, num_blanks, rng, *,
-                 config, special, dc: DecodeConfig, use_cache: bool, return_logits: bool):
+                 config, special, decode_config: DecodeConfig, use_cache: bool,
+                 return_logits: bool):
   """Beam search over the whole fill (all blanks); finished = last blank closed."""
   del rng, return_logits
   batch = context.shape[0]
-  k = dc.num_beams
-  rows = batch * k
+  num_beams = decode_config.num_beams
+  rows = batch * num_beams
   vocab = config.vocab_size
-  max_out = mask_positions.shape[1] * (dc.max_new_tokens + 1)
-  limit = _step_limit(max_out, dc)
+  max_out = mask_positions.shape[1] * (decode_config.max_new_tokens + 1)
+  limit = _step_limit(max_out, decode_config)
   init_fn, step_fn = _network(use_cache)
-  ends = _end_tokens(special, dc)
-  net = init_fn(params, config, context, context_length, max_out)
-  beam_rows = jnp.repeat(jnp.arange(batch), k)  # [B*K]: row b*K + j is beam j of item b
-  net = _gather_rows(net, beam_rows)
+  ends = _end_tokens(special, decode_config)
+  network_state = init_fn(params, config, context, context_length, max_out)
+  beam_rows = jnp.repeat(jnp.arange(batch), num_beams)  # [B*K]: row b*K + j is beam j of item b
+  network_state = _gather_rows(network_state, beam_rows)
   mask_positions = mask_positions[beam_rows]
   row_blanks = num_blanks[beam_rows]
-  st = _initial_rows(rows, max_out, special)
-  alive = jnp.full((batch, k), NEG, jnp.float32).at[:, 0].set(0.0)  # one live beam at first
-  fin_out = jnp.zeros((batch, k, max_out), jnp.int32)
-  fin_len = jnp.zeros((batch, k), jnp.int32)
-  fin_score = jnp.full((batch, k), NEG, jnp.float32)
+  progress = _initial_rows(rows, max_out, special)
+  # [B, K] scores of the live beams; one live beam at first.
+  live_score = jnp.full((batch, num_beams), NEG, jnp.float32).at[:, 0].set(0.0)
+  finished_out = jnp.zeros((batch, num_beams, max_out), jnp.int32)
+  finished_len = jnp.zeros((batch, num_beams), jnp.int32)
+  finished_score = jnp.full((batch, num_beams), NEG, jnp.float32)
   best_possible_len = jnp.asarray(max_out, jnp.float32)
 
   def cond(carry):
-    step, _, _, alive, _, _, fin_score = carry
+    step, _, _, live_score, _, _, finished_score = carry
     # Stop early when no live beam can beat the worst finished one (T5X's rule).
-    best_alive = _length_norm(jnp.max(alive, -1), best_possible_len, dc.length_penalty)
-    if dc.length_penalty < 0:
-      best_alive = jnp.max(alive, -1)
-    settled = jnp.all(fin_score > NEG / 2, -1) & (best_alive < jnp.min(fin_score, -1))
+    best_live = _length_norm(jnp.max(live_score, -1), best_possible_len,
+                             decode_config.length_penalty)
+    if decode_config.length_penalty < 0:
+      best_live = jnp.max(live_score, -1)
+    settled = jnp.all(finished_score > NEG / 2, -1) & (best_live < jnp.min(finished_score, -1))
     return (step < limit) & ~jnp.all(settled)
 
   def body(carry):
-    step, st, net, alive, fin_out, fin_len, fin_score = carry
-    position = _feed(st, mask_positions, config.max_sequence_length)
-    logits, net = step_fn(params, config, net, st["token"], position, jnp.ones((rows,), bool))
-    logp = jax.nn.log_softmax(_shape_logits(logits, st, ends, special, dc), axis=-1)
-    cand = (alive.reshape(rows, 1) + logp).reshape(batch, k * vocab)
-    top_score, top_idx = jax.lax.top_k(cand, 2 * k)  # [B, 2K]
-    src = (top_idx // vocab) + (jnp.arange(batch) * k)[:, None]  # flat source row
+    step, progress, network_state, live_score, finished_out, finished_len, finished_score = carry
+    position = _feed(progress, mask_positions, config.max_sequence_length)
+    logits, network_state = step_fn(params, config, network_state, progress["token"], position,
+                                    jnp.ones((rows,), bool))
+    shaped = _shape_logits(logits, progress, ends, special, decode_config)
+    log_probs = jax.nn.log_softmax(shaped, axis=-1)
+    candidates = (live_score.reshape(rows, 1) + log_probs).reshape(batch, num_beams * vocab)
+    top_score, top_idx = jax.lax.top_k(candidates, 2 * num_beams)  # [B, 2K]
+    source_row = (top_idx // vocab) + (jnp.arange(batch) * num_beams)[:, None]  # flat source row
     token = (top_idx % vocab).astype(jnp.int32)
     is_end = jnp.any(token[..., None] == ends, -1)
-    final = is_end & (st["blank"][src] + 1 >= row_blanks[src])
-    new_len = st["out_len"][src] + 1
+    final = is_end & (progress["blank"][source_row] + 1 >= row_blanks[source_row])
+    new_len = progress["out_len"][source_row] + 1
     # Finished hypotheses: merge the new ones with the pool, keep the K best.
-    cand_out = st["out"][src].at[
-        jnp.arange(batch)[:, None], jnp.arange(2 * k)[None, :], new_len - 1].set(token)
-    cand_fin = jnp.where(final & (top_score > NEG / 2),
-                         _length_norm(top_score, new_len - (0 if dc.penalty_counts_end else 1),
-                                      dc.length_penalty), NEG)
-    pool_score = jnp.concatenate([fin_score, cand_fin], 1)
-    pool_out = jnp.concatenate([fin_out, cand_out], 1)
-    pool_len = jnp.concatenate([fin_len, new_len], 1)
-    fin_score, keep = jax.lax.top_k(pool_score, k)
-    fin_out = jnp.take_along_axis(pool_out, keep[..., None], 1)
-    fin_len = jnp.take_along_axis(pool_len, keep, 1)
+    candidate_out = progress["out"][source_row].at[
+        jnp.arange(batch)[:, None], jnp.arange(2 * num_beams)[None, :], new_len - 1].set(token)
+    penalized_len = new_len - (0 if decode_config.penalty_counts_end else 1)
+    candidate_score = jnp.where(
+        final & (top_score > NEG / 2),
+        _length_norm(top_score, penalized_len, decode_config.length_penalty), NEG)
+    pool_score = jnp.concatenate([finished_score, candidate_score], 1)
+    pool_out = jnp.concatenate([finished_out, candidate_out], 1)
+    pool_len = jnp.concatenate([finished_len, new_len], 1)
+    finished_score, keep = jax.lax.top_k(pool_score, num_beams)
+    finished_out = jnp.take_along_axis(pool_out, keep[..., None], 1)
+    finished_len = jnp.take_along_axis(pool_len, keep, 1)
     # Live beams: the K best candidates that did not finish.
-    alive, pick = jax.lax.top_k(jnp.where(final, NEG, top_score), k)
-    src = jnp.take_along_axis(src, pick, 1).reshape(rows)
+    live_score, pick = jax.lax.top_k(jnp.where(final, NEG, top_score), num_beams)
+    source_row = jnp.take_along_axis(source_row, pick, 1).reshape(rows)
     token = jnp.take_along_axis(token, pick, 1).reshape(rows)
-    st = _gather_rows(st, src)
-    net = _gather_rows(net, src)
-    st = _advance(st, token, row_blanks, ends, special)
-    st["done"] = jnp.zeros((rows,), bool)  # live beams never stop; finished ones left the pool
-    return step + 1, st, net, alive, fin_out, fin_len, fin_score
+    progress = _gather_rows(progress, source_row)
+    network_state = _gather_rows(network_state, source_row)
+    progress = _advance(progress, token, row_blanks, ends, special)
+    # Live beams never stop; the finished ones left for the pool.
+    progress["done"] = jnp.zeros((rows,), bool)
+    return step + 1, progress, network_state, live_score, finished_out, finished_len, finished_score
 
-  carry = (jnp.asarray(0, jnp.int32), st, net, alive, fin_out, fin_len, fin_score)
-  _, st, _, alive, fin_out, fin_len, fin_score = jax.lax.while_loop(cond, body, carry)
+  carry = (jnp.asarray(0, jnp.int32), progress, network_state, live_score, finished_out,
+           finished_len, finished_score)
+  _, progress, _, live_score, finished_out, finished_len, finished_score = jax.lax.while_loop(
+      cond, body, carry)
   # Items with no finished hypothesis (length limit) fall back to their live beams.
-  none_finished = ~jnp.any(fin_score > NEG / 2, -1)
-  alive_len = st["out_len"].reshape(batch, k)
-  alive_norm = _length_norm(alive, alive_len, dc.length_penalty)
-  best_alive = jnp.argmax(alive_norm, -1)
-  out = jnp.where(none_finished[:, None], st["out"].reshape(batch, k, max_out)[
-      jnp.arange(batch), best_alive], fin_out[:, 0])
-  length = jnp.where(none_finished, alive_len[jnp.arange(batch), best_alive], fin_len[:, 0])
-  score = jnp.where(none_finished, alive_norm[jnp.arange(batch), best_alive], fin_score[:, 0])
+  none_finished = ~jnp.any(finished_score > NEG / 2, -1)
+  live_len = progress["out_len"].reshape(batch, num_beams)
+  live_norm = _length_norm(live_score, live_len, decode_config.length_penalty)
+  best_beam = jnp.argmax(live_norm, -1)
+  out = jnp.where(none_finished[:, None], progress["out"].reshape(batch, num_beams, max_out)[
+      jnp.arange(batch), best_beam], finished_out[:, 0])
+  length = jnp.where(none_finished, live_len[jnp.arange(batch), best_beam], finished_len[:, 0])
+  score = jnp.where(none_finished, live_norm[jnp.arange(batch), best_beam], finished_score[:, 0])
   return DecodeResult(out, length, score, None)
 
 
@@ -397,11 +412,12 @@ def _decode_beam(params, context, context_length, mask_positions, num_blanks, rn
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(config, special, dc: DecodeConfig, use_cache: bool, return_logits: bool,
+def _compiled(config, special, decode_config: DecodeConfig, use_cache: bool, return_logits: bool,
               out_sharding=None):
-  fn = _decode_beam if dc.strategy == "beam" else _decode_simple
-  return jax.jit(functools.partial(fn, config=config, special=special, dc=dc,
-                                   use_cache=use_cache, return_logits=return_logits),
+  decode_fn = _decode_beam if decode_config.strategy == "beam" else _decode_simple
+  return jax.jit(functools.partial(decode_fn, config=config, special=special,
+                                   decode_config=decode_config, use_cache=use_cache,
+                                   return_logits=return_logits),
                  out_shardings=out_sharding)
 
 
@@ -455,12 +471,12 @@ def split_blanks(tokens, length, special, decode_config: Optional[DecodeConfig] 
   if decode_config is None or decode_config.stop_at_eos:
     ends.add(special.eos)
   blanks, current = [], []
-  for t in np.asarray(tokens)[:int(length)].tolist():
-    if t in ends:
+  for token in np.asarray(tokens)[:int(length)].tolist():
+    if token in ends:
       blanks.append(current)
       current = []
     else:
-      current.append(t)
+      current.append(token)
   if current:
     blanks.append(current)  # cut by the step limit
   return blanks

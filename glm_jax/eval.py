@@ -36,7 +36,7 @@ import jax  # pylint: disable=g-import-not-at-top
 
 from glm_jax import checkpoints, gin_utils, partitioning, paths, run_report, settings  # pylint: disable=g-import-not-at-top,g-multiple-import
 from glm_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-from glm_jax.models import BlankInfillingModel  # pylint: disable=g-import-not-at-top
+from glm_jax.model_api import BlankInfillingModel  # pylint: disable=g-import-not-at-top
 
 
 def default_output_dir(checkpoint: str) -> str:

@@ -48,15 +48,15 @@ def print_sample_fill(params, config, vocab_spec: str,
                       length_penalty: float = 1.0) -> Optional[str]:
   """The trained model's fill of one blank (glm_jax.generate: greedy or beam search), printed
   by process 0; `python -m glm_jax.infer` with the same flags gives the same fill."""
-  from glm_jax import generate as generate_lib  # pylint: disable=g-import-not-at-top
+  from glm_jax import generation  # pylint: disable=g-import-not-at-top
   from glm_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   if strategy not in ("greedy", "beam"):
     raise ValueError(f"hooks.print_sample_fill.strategy must be 'greedy' or 'beam' (a "
                      f"deterministic fill), got {strategy!r}.")
   vocabulary = vocab_lib.get_vocabulary(vocab_spec)
-  filled = generate_lib.generate(text, params=params, config=config, vocabulary=vocabulary,
-                                 strategy=strategy, max_new_tokens=max_new_tokens,
-                                 num_beams=num_beams, length_penalty=length_penalty)
+  filled = generation.generate(text, params=params, config=config, vocabulary=vocabulary,
+                               strategy=strategy, max_new_tokens=max_new_tokens,
+                               num_beams=num_beams, length_penalty=length_penalty)
   if jax.process_index() == 0:
     print(f"Sample blank: {text}\nModel's fill: {filled}", flush=True)
   return filled

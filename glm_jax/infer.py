@@ -64,7 +64,7 @@ def read_prompts() -> list:
 
 
 def run() -> list:
-  from glm_jax import generate as generate_lib  # pylint: disable=g-import-not-at-top
+  from glm_jax import generation  # pylint: disable=g-import-not-at-top
   from glm_jax import partitioning  # pylint: disable=g-import-not-at-top
   from glm_jax.plan import parse_mesh  # pylint: disable=g-import-not-at-top
   if not FLAGS.checkpoint:
@@ -85,9 +85,9 @@ def run() -> list:
     raise ValueError(f"--batch_size must be at least 1, got {FLAGS.batch_size}.")
   mesh_config = parse_mesh(FLAGS.mesh) if FLAGS.mesh else partitioning.MeshConfig()
   partitioner = partitioning.Partitioner(mesh_config)
-  params, config, vocabulary = generate_lib.load(FLAGS.checkpoint, partitioner)
+  params, config, vocabulary = generation.load(FLAGS.checkpoint, partitioner)
   logging.info("Filling %d prompt(s) with %s decoding.", len(prompts), FLAGS.strategy)
-  return generate_lib.generate(
+  return generation.generate(
       prompts, params=params, config=config, vocabulary=vocabulary,
       decode_config=decode_config, seed=FLAGS.seed,
       batch_size=FLAGS.batch_size, return_fills=True, partitioner=partitioner,

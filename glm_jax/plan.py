@@ -528,7 +528,7 @@ def run_plan() -> Dict[str, Any]:
   num_devices = mesh_size(mesh_config)
   ensure_host_devices(num_devices)
 
-  from glm_jax import model as model_lib, models, optim  # pylint: disable=g-import-not-at-top
+  from glm_jax import model as model_lib, model_api, optim  # pylint: disable=g-import-not-at-top
   batch_size = FLAGS.batch_size or _macro("BATCH_SIZE")
   seq_len = FLAGS.seq_len or _macro("SEQUENCE_LENGTH")
   microbatches = FLAGS.microbatches or _macro("NUM_MICROBATCHES", 1)
@@ -542,7 +542,7 @@ def run_plan() -> Dict[str, Any]:
   train_steps = _macro("TRAIN_STEPS", 1000)
   optimizer, lr_fn = optim.create_optimizer(
       total_steps=train_steps if isinstance(train_steps, int) else 1000)
-  return plan_train_step(models.BlankInfillingModel(config), mesh_config, batch_size, seq_len,
+  return plan_train_step(model_api.BlankInfillingModel(config), mesh_config, batch_size, seq_len,
                          num_microbatches=microbatches, optimizer=optimizer,
                          learning_rate_fn=lr_fn, packed=FLAGS.packed, hardware=_hardware(),
                          platform=_platform(config), lower_only=FLAGS.lower_only,

@@ -35,7 +35,7 @@ from glm_jax import checkpoints, gin_utils, loop, optim, partitioning, paths
 from glm_jax import run_report, settings
 from glm_jax import trainer as trainer_lib
 from glm_jax.data import corpus, synthetic
-from glm_jax.models import BaseModel, BlankInfillingModel
+from glm_jax.model_api import BaseModel, BlankInfillingModel
 
 
 @gin.configurable

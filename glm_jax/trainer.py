@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import optax
 
 from glm_jax import optim, partitioning, settings
-from glm_jax.models import BaseModel
+from glm_jax.model_api import BaseModel
 
 NAN_ACTIONS = ("skip", "stop")
 LOSS_NORMALIZATIONS = ("tokens", "microbatch_mean")

@@ -1,5 +1,6 @@
 """Orbax checkpoints: round trip, keep K, corrupt-latest fallback, params-only, digests, CLI."""
 
+import importlib
 import json
 import os
 
@@ -203,3 +204,29 @@ def test_only_orbax_writes_orphaned_by_a_failed_save_are_silenced():
   assert orphaned.filter(record("/site-packages/mylib/io.py"))
   assert orphaned.filter(record("/site-packages/orbax/checkpoint/serialization.py",
                                 "Unclosed client session"))
+@pytest.mark.usefixtures("clean_gin")
+def test_checkpoint_config_gives_the_fine_tuning_runs_their_network(tmp_path):
+  """checkpoints.checkpoint_config: the saved GLMConfig, dropout replaced; bound by both runs."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from glm_jax import gin_utils, model as model_lib  # pylint: disable=g-import-not-at-top
+  importlib.import_module("glm_jax.train")  # registers train.train for the gin files
+  from glm_jax.model_api import BlankInfillingModel  # pylint: disable=g-import-not-at-top
+  from glm_jax.superglue.cloze_model import ClozeModel  # pylint: disable=g-import-not-at-top
+  saved = CFG.replace(embedding_dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0)
+  ckpt = checkpoints.save_params_checkpoint(
+      str(tmp_path / "ckpt"), model_lib.init_params(saved, jax.random.PRNGKey(0)), saved,
+      "builtin")
+  assert checkpoints.checkpoint_config(ckpt) == saved
+  tuned = saved.replace(embedding_dropout=0.1, attention_dropout=0.1, hidden_dropout=0.1)
+  assert checkpoints.checkpoint_config(ckpt, dropout=0.1) == tuned
+  with pytest.raises(ValueError, match="INIT_CHECKPOINT"):
+    checkpoints.checkpoint_config(None)
+  with pytest.raises(FileNotFoundError, match="No GLM checkpoint"):
+    checkpoints.checkpoint_config(str(tmp_path / "missing"))
+  for gin_file, model_class, bindings in (
+      ("configs/runs/finetune_superglue.gin", ClozeModel, ["TASK = 'rte'"]),
+      ("configs/runs/finetune_xsum.gin", BlankInfillingModel, [f"MODEL_DIR = '{tmp_path}'"])):
+    gin.clear_config()
+    gin_utils.parse_gin([gin_file], [f"INIT_CHECKPOINT = '{ckpt}'", *bindings])
+    model = gin.query_parameter("train.train.model").scoped_configurable_fn()
+    assert type(model) is model_class and model.config == tuned, gin_file

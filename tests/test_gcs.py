@@ -186,7 +186,7 @@ def test_train_kill_resume_evaluate_infer_and_convert_with_every_path_on_gcs(gcs
 
 @pytest.mark.slow
 def test_infer_reads_and_writes_gcs(gcs, builtin_vocab):
-  from glm_jax import generate  # pylint: disable=g-import-not-at-top
+  from glm_jax import generation  # pylint: disable=g-import-not-at-top
   from conftest import tiny_glm  # pylint: disable=g-import-not-at-top
   config, params = tiny_glm(builtin_vocab.vocab_size, max_sequence_length=64,
                             initializer_std=0.2, seed=1)
@@ -199,6 +199,6 @@ def test_infer_reads_and_writes_gcs(gcs, builtin_vocab):
       f"--output_file={gcs.url('infer', 'out.txt')}", "--max_new_tokens=4"],
       env=gcs.subprocess_env())
   assert result.returncode == 0, result.stderr[-3000:]
-  expected = generate.generate(prompts, params=params, config=config, vocabulary=builtin_vocab,
-                               max_new_tokens=4)
+  expected = generation.generate(prompts, params=params, config=config,
+                                 vocabulary=builtin_vocab, max_new_tokens=4)
   assert paths.read_text(gcs.url("infer", "out.txt")).splitlines() == expected

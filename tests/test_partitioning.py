@@ -6,7 +6,7 @@ import jax
 from jax.sharding import PartitionSpec as P
 import pytest
 
-from glm_jax import models, partitioning
+from glm_jax import model_api, partitioning
 from glm_jax.model import GLMConfig
 
 from conftest import multi_device_env, run_script
@@ -33,7 +33,7 @@ def test_param_shardings_follow_the_rules_table():
   cfg = GLMConfig(vocab_size=64, num_layers=2, hidden_size=16, num_heads=2,
                   max_sequence_length=16)
   partitioner = partitioning.Partitioner(partitioning.MeshConfig())
-  shardings = partitioner.param_shardings(models.BlankInfillingModel(cfg).abstract_params())
+  shardings = partitioner.param_shardings(model_api.BlankInfillingModel(cfg).abstract_params())
   # One device: every axis has size 1, so each rule applies (1 divides everything).
   assert shardings["word_embeddings"].spec == P("tensor", "fsdp")
   assert shardings["position_embeddings"].spec == P(None, "fsdp")
@@ -52,12 +52,12 @@ def test_batch_size_must_divide_data_axes():
 
 _EIGHT_DEVICES = r"""
 import json, jax
-from glm_jax import models, partitioning
+from glm_jax import model_api, partitioning
 from glm_jax.model import GLMConfig
 cfg = GLMConfig(vocab_size=60, num_layers=1, hidden_size=16, num_heads=2, max_sequence_length=16)
 out = {}
 p = partitioning.Partitioner(partitioning.MeshConfig(data=2, fsdp=2, tensor=2))
-sh = p.param_shardings(models.BlankInfillingModel(cfg).abstract_params())
+sh = p.param_shardings(model_api.BlankInfillingModel(cfg).abstract_params())
 out['emb'] = str(sh['word_embeddings'].spec)       # vocab 60 divisible by tensor 2
 out['pos'] = str(sh['position_embeddings'].spec)   # 17 rows: 'positions' replicated
 out['slice'] = list(p.local_batch_slice(16))
@@ -66,9 +66,9 @@ try:
 except ValueError as e:
   out['err'] = str(e)
 p3 = partitioning.Partitioner(partitioning.MeshConfig(data=1, fsdp=1, tensor=8))
-sh3 = p3.param_shardings(models.BlankInfillingModel(cfg).abstract_params())
+sh3 = p3.param_shardings(model_api.BlankInfillingModel(cfg).abstract_params())
 out["emb_t8"] = str(sh3["word_embeddings"].spec)   # 60 % 8 != 0 -> vocab replicated
-p3.param_shardings(models.BlankInfillingModel(cfg).abstract_params())  # warned once per run
+p3.param_shardings(model_api.BlankInfillingModel(cfg).abstract_params())  # warned once per run
 import numpy as np
 rows = p.put_global({"tokens": np.arange(12).reshape(3, 4)}, "decoding batch")
 out["rows"] = [str(rows["tokens"].sharding.spec), rows["tokens"].tolist()[2]]

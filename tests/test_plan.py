@@ -19,11 +19,11 @@ TINY_BINDINGS = [f"--gin_bindings=model.GLMConfig.{k} = {v}" for k, v in TINY.it
 _MESHES_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
-    from glm_jax import models, optim, partitioning, plan, trainer
+    from glm_jax import model_api, optim, partitioning, plan, trainer
     from glm_jax.model import GLMConfig
 
     config = GLMConfig(**json.loads(sys.argv[1]))
-    model = models.BlankInfillingModel(config)
+    model = model_api.BlankInfillingModel(config)
     out = {"devices": len(jax.devices())}
     for name, mesh, micro in [("one", "data:1", 1), ("fsdp8", "fsdp:8", 1),
                               ("fsdp8_micro2", "fsdp:8", 2)]:

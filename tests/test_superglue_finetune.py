@@ -10,7 +10,7 @@ import pytest
 
 from glm_jax.model import GLMConfig
 from glm_jax.superglue import inputs
-from glm_jax.superglue.model import ClozeModel
+from glm_jax.superglue.cloze_model import ClozeModel
 from test_superglue_support import SUPERGLUE_DIR, tiny_vocab
 
 CFG = GLMConfig(vocab_size=1024, num_layers=2, hidden_size=64, num_heads=4,

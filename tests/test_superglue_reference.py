@@ -13,7 +13,7 @@ import pytest
 from glm_jax.data.special_tokens import SpecialTokens
 from glm_jax.model import GLMConfig, init_params
 from glm_jax.superglue import inputs, metrics, patterns, scoring
-from glm_jax.superglue.model import ClozeModel
+from glm_jax.superglue.cloze_model import ClozeModel
 
 
 class WordVocab:

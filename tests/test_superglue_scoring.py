@@ -9,7 +9,7 @@ import pytest
 from glm_jax import convert
 from glm_jax.model import GLM, GLMConfig, init_params
 from glm_jax.superglue import inputs, patterns, scoring, sources
-from glm_jax.superglue.model import ClozeModel
+from glm_jax.superglue.cloze_model import ClozeModel
 import reference_cases as ref
 from test_superglue_support import FEWGLUE_DIR, SUPERGLUE_DIR, tiny_vocab
 

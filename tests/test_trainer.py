@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from glm_jax import models, optim, partitioning, trainer as trainer_lib
+from glm_jax import model_api, optim, partitioning, trainer as trainer_lib
 from glm_jax.model import GLMConfig
 from glm_jax.data.synthetic import synthetic_batches
 
@@ -24,7 +24,7 @@ CFG = GLMConfig(vocab_size=128, num_layers=2, hidden_size=32, num_heads=4,
 def _trainer(cfg=CFG, microbatches=1, devices=None, mesh=None, seed=0, **options):
   partitioner = partitioning.Partitioner(mesh or partitioning.MeshConfig(), devices=devices)
   tx, lr = optim.create_optimizer(learning_rate=3e-3, warmup_steps=2, total_steps=20)
-  return trainer_lib.Trainer(models.BlankInfillingModel(cfg), partitioner, tx, lr, seed=seed,
+  return trainer_lib.Trainer(model_api.BlankInfillingModel(cfg), partitioner, tx, lr, seed=seed,
                              num_microbatches=microbatches, **options)
 
 
@@ -110,7 +110,7 @@ def test_eval_step_sums_numerators_and_denominators():
 
 def _micro_gradients(params, batch, microbatches=2):
   """Per microbatch (rows m, m + M, ...): (token-mean gradient, token-mean loss, weight)."""
-  model = models.BlankInfillingModel(CFG)
+  model = model_api.BlankInfillingModel(CFG)
   grad_fn = jax.jit(jax.value_and_grad(
       lambda p, b: model.loss_fn(p, b, None, deterministic=True), has_aux=True))
   out = []
@@ -211,7 +211,7 @@ def test_logged_learning_rate_is_the_one_applied_after_a_skipped_step():
 
 def test_bad_options_are_clear_errors():
   with pytest.raises(ValueError, match="nan_action must be one of"):
-    trainer_lib.Trainer(models.BlankInfillingModel(CFG),
+    trainer_lib.Trainer(model_api.BlankInfillingModel(CFG),
                         partitioning.Partitioner(partitioning.MeshConfig()),
                         *optim.create_optimizer(), nan_action="ignore")
   with pytest.raises(ValueError, match="loss_normalization must be one of"):
@@ -224,7 +224,7 @@ def test_bad_options_are_clear_errors():
 
 _MESHES = r"""
 import json, jax, numpy as np
-from glm_jax import models, optim, partitioning, trainer as trainer_lib
+from glm_jax import model_api, optim, partitioning, trainer as trainer_lib
 from glm_jax.model import GLMConfig
 from glm_jax.data.synthetic import synthetic_batches
 cfg = GLMConfig(vocab_size=128, num_layers=2, hidden_size=32, num_heads=4, max_sequence_length=64,
@@ -239,7 +239,7 @@ out = {}
 for name, (mesh, devices, micro) in runs.items():
   p = partitioning.Partitioner(partitioning.MeshConfig(**mesh), devices=devices)
   tx, lr = optim.create_optimizer(learning_rate=3e-3, warmup_steps=2, total_steps=20)
-  t = trainer_lib.Trainer(models.BlankInfillingModel(cfg), p, tx, lr, seed=0,
+  t = trainer_lib.Trainer(model_api.BlankInfillingModel(cfg), p, tx, lr, seed=0,
                           num_microbatches=micro)
   state = t.init_state(jax.random.PRNGKey(0))
   losses = []

@@ -29,7 +29,7 @@ import json
 import os
 import threading
 import uuid
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from etils import epath
 import numpy as np

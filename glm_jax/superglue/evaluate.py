@@ -25,7 +25,7 @@ from glm_jax import partitioning, paths, sizes
 from glm_jax.superglue import inputs
 from glm_jax.superglue import metrics as metrics_lib
 from glm_jax.superglue import scoring
-from glm_jax.superglue.model import ClozeModel
+from glm_jax.superglue.cloze_model import ClozeModel
 
 # The reference's config_tasks/task_<task>.sh: MAX_SEQ_LEN, and WSC's --loss-func mix
 # --length-penalty 1 (configs/superglue/<task>.gin hold the same; tests check they agree).

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from glm_jax.model import GLMConfig
-from glm_jax.models import BaseModel
+from glm_jax.model_api import BaseModel
 from glm_jax.superglue import scoring
 from glm_jax.superglue.inputs import LOSSES
 
@@ -27,28 +27,6 @@ def _example_weights(batch):
   """1 on real examples with a gold candidate, 0 on padding rows and unlabeled examples."""
   weight = batch.get("example_weight", jnp.ones(batch["label"].shape, jnp.float32))
   return weight.astype(jnp.float32) * (batch["label"] >= 0)
-
-
-@gin.configurable
-def checkpoint_config(path: Optional[str], dropout: Optional[float] = None) -> GLMConfig:
-  """The GLMConfig stored with a checkpoint (params-only or MODEL_DIR).
-
-  Lets a fine-tuning run take its network sizes from INIT_CHECKPOINT; `dropout` (the
-  reference fine-tunes with 0.1) replaces the embedding, attention and hidden dropout.
-  """
-  from glm_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  if not path:
-    raise ValueError("Set INIT_CHECKPOINT (or CHECKPOINT) to a GLM checkpoint directory.")
-  try:
-    config, _, _ = checkpoints.read_config(path)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"No GLM checkpoint at {path!r}; pass a params-only checkpoint or "
-                            "a MODEL_DIR with saved steps as INIT_CHECKPOINT / CHECKPOINT."
-                            ) from None
-  if dropout is not None:
-    config = config.replace(embedding_dropout=dropout, attention_dropout=dropout,
-                            hidden_dropout=dropout)
-  return config
 
 
 @gin.configurable

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -167,12 +166,3 @@ def generate(texts: Union[str, Sequence[str]], *, checkpoint: Optional[str] = No
       results.append((filled, fills) if return_fills else filled)
   return results[0] if single else results
 
-
-class _CallableModule(type(dataclasses)):
-  """`glm_jax.generate(...)` calls `glm_jax.generate.generate(...)`."""
-
-  def __call__(self, *args, **kwargs):
-    return self.generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

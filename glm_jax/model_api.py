@@ -20,12 +20,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
 
 from glm_jax import losses
+from glm_jax import model as model_lib
 from glm_jax.model import GLM, GLMConfig
 
 Metrics = Dict[str, Tuple[jax.Array, jax.Array]]
@@ -38,19 +37,13 @@ class BaseModel:
     self.config = config if config is not None else GLMConfig()
     self.module = GLM(self.config)
 
-  def _dummy_inputs(self):
-    return jnp.zeros((1, 8), jnp.int32), jnp.zeros((1, 2, 8), jnp.int32)
-
   def abstract_params(self):
     """Parameter ShapeDtypeStructs still boxed with their logical axis names."""
-    tokens, positions = self._dummy_inputs()
-    return jax.eval_shape(
-        lambda: self.module.init(jax.random.PRNGKey(0), tokens, positions)["params"])
+    return model_lib.abstract_params(self.config)
 
   def init_params(self, rng):
     """Fresh (unboxed) parameters."""
-    tokens, positions = self._dummy_inputs()
-    return nn.meta.unbox(self.module.init(rng, tokens, positions)["params"])
+    return model_lib.init_params(self.config, rng)
 
   def logits(self, params, batch, rng=None, deterministic: bool = True):
     """Float32 logits [B, T, V] of a model batch (docs/ARCHITECTURE.md)."""
