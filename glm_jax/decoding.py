@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from glm_jax import losses
 from glm_jax import model as model_lib
 
 NEG = -1e10  # "impossible" logit; finite so that score arithmetic never makes NaN
@@ -299,9 +300,7 @@ def _decode_simple(params, context, context_length, mask_positions, num_blanks, 
       chosen = _sample(shaped, jax.random.fold_in(rng, step), decode_config)
     else:
       chosen = jnp.argmax(shaped, axis=-1).astype(jnp.int32)
-    log_probs = jax.nn.log_softmax(shaped, axis=-1)
-    chosen_log_prob = jnp.take_along_axis(log_probs, chosen[:, None], 1)[:, 0]
-    score += jnp.where(progress["done"], 0.0, chosen_log_prob)
+    score += jnp.where(progress["done"], 0.0, losses.target_log_probs(shaped, chosen))
     progress = _advance(progress, chosen, num_blanks, ends, special)
     return step + 1, progress, network_state, score, record
 
