@@ -117,6 +117,12 @@ def builtin_vocab():
   return vocab_lib.get_vocabulary("builtin")
 
 
+@pytest.fixture(scope="session")
+def vocab(builtin_vocab):
+  """The built-in vocabulary, for tests that take any text vocabulary."""
+  return builtin_vocab
+
+
 def tiny_glm(vocab_size: int, max_sequence_length: int, initializer_std: float, seed: int):
   """(config, params) of a 2-layer, hidden-32 GLM for decoding and evaluation tests."""
   import jax  # pylint: disable=g-import-not-at-top

@@ -17,11 +17,6 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 @pytest.fixture(scope="module")
-def vocab(builtin_vocab):
-  return builtin_vocab
-
-
-@pytest.fixture(scope="module")
 def model(vocab):
   return tiny_glm(vocab.vocab_size, max_sequence_length=64, initializer_std=0.2, seed=1)
 

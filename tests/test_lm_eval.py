@@ -24,11 +24,6 @@ WIKI = (" \n = Robert Boulter = \n \n Robert Boulter is an English film , televi
 
 
 @pytest.fixture(scope="module")
-def vocab(builtin_vocab):
-  return builtin_vocab
-
-
-@pytest.fixture(scope="module")
 def model(vocab):
   return tiny_glm(vocab.vocab_size, max_sequence_length=128, initializer_std=0.1, seed=0)
 
