@@ -2,7 +2,7 @@
 
 Import it before anything else (`import common`: a benchmark runs as a script, so benchmarks/
 is on sys.path): it puts the repository on sys.path and re-runs the process with the tuned host
-allocator before JAX starts (glm_jax/host_memory.py), as `python -m glm_jax.train` does.
+allocator before JAX starts (glm_jax/kernels/cpu/host_memory.py), as `python -m glm_jax.train` does.
 """
 
 import os
@@ -11,7 +11,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
-from glm_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
+from glm_jax.kernels.cpu import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 host_memory.reexec_with_tuned_malloc()
 

@@ -24,7 +24,7 @@ import sys
 from typing import Callable, Dict, Optional, Sequence
 
 if __name__ == "__main__":
-  from glm_jax import host_memory  # pylint: disable=g-import-not-at-top
+  from glm_jax.kernels.cpu import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.reexec_with_tuned_malloc()
   # Run the importable module so its gin configurables are registered once, as glm_jax.eval.
   from glm_jax import eval as _eval_module  # pylint: disable=import-self

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from absl import flags, logging  # pylint: disable=g-multiple-import
 
-from glm_jax import distributed, gin_utils, host_memory, paths
+from glm_jax import distributed, gin_utils, paths
+from glm_jax.kernels.cpu import host_memory
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (trainer output or convert).")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":
-  from glm_jax import host_memory  # pylint: disable=g-import-not-at-top
+  from glm_jax.kernels.cpu import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.reexec_with_tuned_malloc()
   # Run the importable module instead, so its gin configurables are registered once, under
   # glm_jax.train (the name gin files import), and not a second time under __main__.

@@ -6,11 +6,11 @@ import sys
 import pytest
 
 import conftest
-from glm_jax import host_memory
+from glm_jax.kernels.cpu import host_memory
 
 SCRIPT = """
 import os, sys
-from glm_jax import host_memory
+from glm_jax.kernels.cpu import host_memory
 print("start", os.environ.get("GLIBC_TUNABLES", ""), flush=True)
 host_memory.reexec_with_tuned_malloc()
 maps = open("/proc/self/maps").read() if os.path.exists("/proc/self/maps") else ""
