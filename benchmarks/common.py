@@ -22,7 +22,7 @@ import numpy as np
 
 from glm_jax import decoding, model_api, optim, trainer as trainer_lib
 from glm_jax.data.special_tokens import SpecialTokens
-from glm_jax.model import GLMConfig
+from glm_jax.model import GLMConfig, init_params
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CONFIGS = os.path.join(ROOT, "configs", "models")
@@ -102,8 +102,7 @@ def time_train_steps(trainer, state, batches, warmup_steps: int, steps: int, pro
 def greedy_filler(cfg: GLMConfig, rows: int, context: int, new_tokens: int):
   """(layer-unstacked cfg, run(use_cache=True, steps=new_tokens) -> generated lengths [rows]):
   greedy filling of `rows` random contexts ([CLS] first, [gMASK] last), eop suppressed."""
-  params, cfg = decoding.unstack_layers(
-      model_api.BlankInfillingModel(cfg).init_params(jax.random.PRNGKey(0)), cfg)
+  params, cfg = decoding.unstack_layers(init_params(cfg, jax.random.PRNGKey(0)), cfg)
   v = cfg.vocab_size
   special = SpecialTokens(pad=0, eos=0, **{k: v - 1 - i for i, k in enumerate(ROLES)})
   # Ids clear of pad and of the roles: no other blank or end in the context.
