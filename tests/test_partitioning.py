@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 from jax.sharding import PartitionSpec as P
 import pytest
 

@@ -20,7 +20,7 @@ from typing import List, Optional
 from glm_jax.convert.hf import save_hf
 from glm_jax.convert.keys import (  # pylint: disable=g-multiple-import
     convert_params, convert_state_dict, find_backbone, from_official_state_dict, infer_config,
-    skipped_line, to_official_state_dict)
+    to_official_state_dict)
 from glm_jax.convert.layouts import OfficialCheckpoint
 from glm_jax.convert.readers import CheckpointError
 from glm_jax.model import GLMConfig
