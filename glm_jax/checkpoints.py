@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging as std_logging
 import os
+import re
 import threading
 import time
 from typing import Any, Optional, Tuple
@@ -135,14 +136,20 @@ def unreadable_reason(error: BaseException) -> Optional[str]:
   return None
 
 
+# The OS's reason inside a tensorstore / orbax message, e.g. "No space left on device
+# [os_error_code='28']".
+_OS_REASON = re.compile(r"[A-Z][^:\"\[\]]*? \[os_error_code='?\d+'?\]")
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
-  """'Type: first line' of an error; a long line keeps its start and its end (the OS reason)."""
+  """'Type: first line' of an error; a long line keeps its start and the OS reason (else its end)."""
   text = str(error).strip()
   if not text:
     return type(error).__name__
   line = text.splitlines()[0]
   if len(line) > limit:
-    line = f"{line[:limit // 2]} ... {line[-(limit // 2):]}"
+    reason = _OS_REASON.search(line)
+    line = f"{line[:limit // 2]} ... {reason.group(0) if reason else line[-(limit // 2):]}"
   return f"{type(error).__name__}: {line}"
 
 
@@ -185,25 +192,22 @@ class _SaveErrors(std_logging.Filter):
     return errors[-1] if errors else None
 
 
-def _raised_in_orbax(exc_info) -> bool:
-  tb = exc_info[2] if exc_info else None
-  while tb is not None:
-    if "orbax" in tb.tb_frame.f_code.co_filename:
-      return True
-    tb = tb.tb_next
-  return False
-
-
 class _OrphanedWrites(std_logging.Filter):
-  """Drops asyncio's "Task exception was never retrieved" for orbax's writes of a failed save.
+  """Drops asyncio's "<Task|Future|_GatheringFuture> exception was never retrieved" of the
+  writes of a save that failed and was reported.
 
-  A failed save's sibling writes are garbage-collected later, at exit too; the failure itself
-  is reported in one line (CheckpointManager._confirm).
+  A failed save's sibling writes are garbage-collected later, at exit too, each logging its own
+  copy of the error (tensorstore's futures without a Python traceback); the failure itself is
+  reported in one line (CheckpointManager._confirm), which sets `after_failed_save`.
   """
 
+  def __init__(self):
+    super().__init__()
+    self.after_failed_save = False
+
   def filter(self, record):
-    return not (record.getMessage().startswith("Task exception was never retrieved")
-                and _raised_in_orbax(record.exc_info))
+    first = record.getMessage().split("\n", 1)[0]  # then "future: <...>" lines
+    return not (self.after_failed_save and first.endswith(" exception was never retrieved"))
 
 
 _ORPHANED_WRITES = _OrphanedWrites()
@@ -304,6 +308,7 @@ class CheckpointManager:
     if not any_process(not complete):
       return
     self._failed.add(step)
+    _ORPHANED_WRITES.after_failed_save = True
     reason = first_line(error) if error is not None else "it was not finalized"
     raise gin_utils.RunFault(
         f"Saving checkpoint step {step} to {self.model_dir} failed ({reason}); the last "
@@ -350,6 +355,7 @@ class CheckpointManager:
                                            META_ITEM: ocp.args.JsonSave(meta)}),
           force=force)
     except Exception as e:  # pylint: disable=broad-except
+      _ORPHANED_WRITES.after_failed_save = True
       raise gin_utils.RunFault(
           f"Saving checkpoint step {step} to {self.model_dir} failed ({first_line(e)}); the "
           f"last complete checkpoint is {self.last_complete()}, kept. Fix the cause (free "
