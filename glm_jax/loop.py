@@ -100,11 +100,10 @@ def _first_batch(batches, name: str, split: str):
 
 
 def train_loop(*, model_dir, model, train_input, mixture_or_task_name, train_steps, batch_size,
-               sequence_length, vocab_spec, seed, data_seed, nan_action, pack, init_checkpoint,
+               sequence_length, vocab_spec, seed, data_seed, pack, init_checkpoint,
                eval_batches, eval_period, log_period, progress_bar, final_hook, partitioner,
-               trainer, manager, lock, keep_best_metric, best_mode, report, **unused):
+               trainer, manager, lock, keep_best_metric, best_mode, report):
   """The loop of train(): restore, then step, log, evaluate and save until train_steps."""
-  del unused, nan_action
   is_chief = jax.process_index() == 0
   run_dir = paths.resolve(model_dir)
 

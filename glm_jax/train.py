@@ -188,7 +188,15 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
                                             period=checkpoint_period, keep=keep_checkpoints,
                                             async_save=async_checkpoints)
     try:
-      return loop.train_loop(**locals())
+      return loop.train_loop(
+          model_dir=model_dir, model=model, train_input=train_input,
+          mixture_or_task_name=mixture_or_task_name, train_steps=train_steps,
+          batch_size=batch_size, sequence_length=sequence_length, vocab_spec=vocab_spec,
+          seed=seed, data_seed=data_seed, pack=pack, init_checkpoint=init_checkpoint,
+          eval_batches=eval_batches, eval_period=eval_period, log_period=log_period,
+          progress_bar=progress_bar, final_hook=final_hook, partitioner=partitioner,
+          trainer=trainer, manager=manager, lock=lock, keep_best_metric=keep_best_metric,
+          best_mode=best_mode, report=report)
     except BaseException:
       manager.close(check=False)
       raise
