@@ -11,7 +11,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
-from glm_jax.kernels.cpu import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
+from glm_jax.kernels.cpu import host_memory  # pylint: disable=wrong-import-position
 
 host_memory.reexec_with_tuned_malloc()
 

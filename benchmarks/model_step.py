@@ -24,7 +24,8 @@ flags.DEFINE_list("models", ["glm_tiny", "glm_base"], "Model presets in configs/
 flags.DEFINE_integer("seq_len", 512, "Sequence length.")
 flags.DEFINE_integer("batch", 4, "Batch size.")
 flags.DEFINE_integer("warmup_steps", 2, "Untimed steps after the compiling one: the host "
-                     "allocator maps its pages in the first steps (glm_jax/kernels/cpu/host_memory.py).")
+                     "allocator maps its pages in the first steps "
+                     "(glm_jax/kernels/cpu/host_memory.py).")
 flags.DEFINE_integer("steps", 6, "Timed steps per model.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype.")
 flags.DEFINE_string("remat", "dots_no_batch", "Remat policy (dots_no_batch: fastest on this CPU).")

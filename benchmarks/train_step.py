@@ -24,7 +24,8 @@ flags.DEFINE_list("models", ["glm_tiny", "4l_256", "glm_base"],
 flags.DEFINE_integer("seq_len", 512, "Sequence length.")
 flags.DEFINE_integer("batch", 4, "Global batch size.")
 flags.DEFINE_integer("warmup_steps", 2, "Untimed steps after the compiling one: the host "
-                     "allocator maps its pages in the first steps (glm_jax/kernels/cpu/host_memory.py).")
+                     "allocator maps its pages in the first steps "
+                     "(glm_jax/kernels/cpu/host_memory.py).")
 flags.DEFINE_integer("steps", 5, "Timed steps per model.")
 flags.DEFINE_integer("microbatches", 1, "Gradient accumulation microbatches.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype.")

@@ -1,8 +1,9 @@
 """glm_jax: GLM (autoregressive blank infilling) in JAX/Flax.
 
-`glm_jax.generate(texts, checkpoint=DIR)` fills the [MASK]/[sMASK]/[gMASK] blanks of texts: it is
-`glm_jax.generation.generate`, imported on first use. Importing the package itself loads nothing
-heavy (the command-line tools re-execute themselves before JAX starts: glm_jax/kernels/cpu/host_memory.py).
+`glm_jax.generate(texts, checkpoint=DIR)` fills the [MASK]/[sMASK]/[gMASK] blanks of texts: it
+is `glm_jax.generation.generate`, imported on first use. Importing the package itself loads
+nothing heavy (the command-line tools re-execute themselves before JAX starts:
+glm_jax/kernels/cpu/host_memory.py).
 """
 
 import importlib as _importlib

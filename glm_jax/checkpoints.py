@@ -142,7 +142,7 @@ _OS_REASON = re.compile(r"[A-Z][^:\"\[\]]*? \[os_error_code='?\d+'?\]")
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:
-  """'Type: first line' of an error; a long line keeps its start and the OS reason (else its end)."""
+  """'Type: first line' of an error; a long line keeps its start and the OS reason, else its end."""
   text = str(error).strip()
   if not text:
     return type(error).__name__
